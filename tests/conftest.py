@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+
+settings.register_profile("default", deadline=None, max_examples=50)
+settings.load_profile("default")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from training.hparams import Config, DatasetHparams, ModelHparams, PruningHparams, TrainingHparams  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A shared data folder, so MNIST-1D is generated once per session."""
+    path = tmp_path_factory.mktemp("data")
+    os.environ["LTH_DATA_DIR"] = str(path)
+    return str(path)
+
+
+def tiny_config(**training) -> Config:
+    """A run that trains in about a second: 400 MNIST-1D examples, an MLP, batch 40 (8 it/epoch)."""
+    hp = dict(train_for="3ep", batch_size=40, lr=0.05, weight_decay=1e-4, eval_every="1ep")
+    hp.update(training)
+    return Config(DatasetHparams(mnist1d_samples=500), ModelHparams("mnist1d_mlp"), TrainingHparams(**hp),
+                  PruningHparams(fraction=0.2))

@@ -1,0 +1,71 @@
+"""The training loop: masks hold through momentum and weight decay, schedules, NaN handling."""
+import json
+
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+from training.data import load_dataset
+from training.errors import UserError
+from training.hparams import TrainingHparams
+from training.loop import Schedule, check_lengths, train
+from training.masks import dense_mask
+from training.metrics_log import MetricsLog
+from training.models import build_model
+from training.pruning import prune
+
+
+@pytest.mark.parametrize("optimizer,extra", [("sgd", dict(momentum=0.9, nesterov=True)), ("sgd", {}),
+                                             ("adam", dict(lr=1e-2))])
+def test_pruned_weights_stay_exactly_zero_every_step(data_dir, optimizer, extra):
+    cfg = tiny_config(optimizer=optimizer, weight_decay=5e-3, **extra)
+    data = load_dataset(cfg.dataset)
+    model = build_model("mnist1d_mlp", 10, data.input_shape, seed=1)
+    mask = prune(dict(model.named_parameters()), dense_mask(model), 0.7, score="random", seed=3)
+    params = dict(model.named_parameters())
+    start = {k: v.detach().clone() for k, v in params.items()}
+    checked = []
+
+    def check(t):
+        for name, m in mask.items():
+            assert bool((params[name][~m] == 0).all()), f"pruned weight moved at iteration {t}"
+        checked.append(t)
+
+    total, _, _ = check_lengths(cfg.training, -(-len(data.train) // cfg.training.batch_size))
+    train(model, data, cfg.training, mask=mask, save_points=range(1, total + 1), on_save=check, progress=False)
+    assert checked == list(range(1, total + 1))
+    for name, m in mask.items():  # and the kept weights did train
+        assert not torch.equal(params[name][m], start[name][m])
+
+
+def test_step_schedule_and_cosine_warmup():
+    hp = TrainingHparams(lr=0.1, train_for="10ep", schedule="step", milestones="4ep,8ep", gamma=0.1)
+    s = Schedule.build(hp, iterations_per_epoch=10)
+    assert s(0) == pytest.approx(0.1) and s(39) == pytest.approx(0.1)
+    assert s(40) == pytest.approx(0.01) and s(80) == pytest.approx(0.001)
+    hp = TrainingHparams(lr=1.0, train_for="100it", schedule="cosine", warmup="10it")
+    s = Schedule.build(hp, iterations_per_epoch=10)
+    assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0)
+    assert s(55) == pytest.approx(0.5) and s(99) < 0.001
+
+
+def test_lengths_are_validated():
+    with pytest.raises(UserError, match="not before the end of training"):
+        check_lengths(TrainingHparams(train_for="2ep"), 10, rewind="2ep")
+    with pytest.raises(UserError, match="is not a step"):
+        check_lengths(TrainingHparams(train_for="two epochs"), 10)
+    with pytest.raises(UserError, match="needs --milestones"):
+        check_lengths(TrainingHparams(schedule="step"), 10)
+
+
+def test_nan_loss_stops_names_the_step_and_keeps_last_good_state(data_dir, tmp_path):
+    cfg = tiny_config(lr=1e12, momentum=0.0, train_for="4ep")
+    data = load_dataset(cfg.dataset)
+    model = build_model("mnist1d_mlp", 10, data.input_shape, seed=0)
+    state = tmp_path / "state.pt"
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    with pytest.raises(UserError, match=r"loss became (nan|inf) at iteration \d+") as info:
+        train(model, data, cfg.training, state_path=state, log=log, progress=False)
+    assert "\n" not in str(info.value)
+    for line in log.path.read_text().splitlines():
+        json.loads(line)  # the log stays valid JSON lines (NaN written as null)

@@ -1,0 +1,119 @@
+"""IMP runs: rewinding, nesting across levels, summaries, and bit-identical resume."""
+import json
+
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+from training.checkpoint import read_checkpoint
+from training.imp import run_imp, run_train
+from training.masks import is_nested
+from training.runs import load_mask
+
+
+def test_imp_levels_rewind_and_nest(data_dir, tmp_path):
+    cfg = tiny_config()
+    cfg.pruning.rewind = "5it"
+    run = run_imp(cfg, levels=3, out=tmp_path, progress=False)
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert [e["level"] for e in summary["levels"]] == [0, 1, 2]
+    for e in summary["levels"]:
+        assert e["density"] == pytest.approx(e["weights_kept"] / e["weights_prunable"])
+        for rel in e["checkpoints"].values():
+            assert (run.dir / rel).exists()
+    masks = [load_mask(run.dir / f"level_{l}" / "mask.pt") for l in range(3)]
+    assert is_nested(masks[1], masks[0]) and is_nested(masks[2], masks[1])
+    kept = [sum(int(m.sum()) for m in mask.values()) for mask in masks]
+    assert kept[1] == kept[0] - int(0.2 * kept[0] + 0.5) and kept[2] == kept[1] - int(0.2 * kept[1] + 0.5)
+
+    w_k = read_checkpoint(run.dir / "level_0" / "rewind.pt")
+    assert w_k["step"]["iteration"] == 5
+    for level in (1, 2):
+        rewound = read_checkpoint(run.dir / f"level_{level}" / "rewind.pt")
+        assert rewound["step"]["iteration"] == 5
+        for name, value in w_k["state_dict"].items():
+            m = masks[level].get(name)
+            expected = value * m if m is not None else value
+            assert torch.equal(rewound["state_dict"][name], expected), name
+        final = read_checkpoint(run.dir / f"level_{level}" / "final.pt")
+        for name, m in masks[level].items():
+            assert bool((final["state_dict"][name][~m] == 0).all())
+    assert (run.dir / "summary.csv").read_text().startswith("level,density")
+    records = [json.loads(l) for l in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["level"] for r in records} == {0, 1, 2} and all("test_accuracy" in r for r in records)
+
+
+class Killed(Exception):
+    pass
+
+
+def _all_files(run_dir):
+    out = {}
+    for level_dir in sorted(run_dir.glob("level_*")):
+        out[level_dir.name + "/mask"] = load_mask(level_dir / "mask.pt")
+        for kind in ("init", "rewind", "final"):
+            out[f"{level_dir.name}/{kind}"] = read_checkpoint(level_dir / f"{kind}.pt")["state_dict"]
+    return out
+
+
+def test_killed_run_resumes_bit_identically(data_dir, tmp_path):
+    cfg = tiny_config(train_for="4ep")
+    cfg.pruning.rewind = "1ep"
+    reference = run_imp(cfg, levels=3, out=tmp_path / "a", progress=False)
+
+    epochs_seen = []
+
+    def kill_in_level_1(epoch):
+        epochs_seen.append(epoch)
+        if len(epochs_seen) == 5:  # level 0 ends 3 epoch boundaries; level 1 starts at epoch 1
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_imp(_with_rewind(tiny_config(train_for="4ep"), "1ep"), levels=3, out=tmp_path / "b", progress=False,
+                on_epoch_end=kill_in_level_1)
+    resumed_dir = tmp_path / "b" / reference.dir.name
+    assert (resumed_dir / "level_1" / "state.pt").exists() and not (resumed_dir / "level_1" / "final.pt").exists()
+    resumed = run_imp(_with_rewind(tiny_config(train_for="4ep"), "1ep"), levels=3, out=tmp_path / "b",
+                      progress=False)
+    assert resumed.dir.name == reference.dir.name
+    a, b = _all_files(reference.dir), _all_files(resumed.dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key} {name}"
+    strip = lambda path: [{k: v for k, v in json.loads(l).items() if k != "seconds"}  # noqa: E731
+                          for l in path.read_text().splitlines()]
+    assert strip(reference.dir / "metrics.jsonl") == strip(resumed.dir / "metrics.jsonl")
+
+
+def _with_rewind(cfg, rewind):
+    cfg.pruning.rewind = rewind
+    return cfg
+
+
+def test_finished_levels_are_not_retrained_and_levels_extend(data_dir, tmp_path):
+    run = run_imp(tiny_config(), levels=1, out=tmp_path, progress=False)
+    final = run.dir / "level_0" / "final.pt"
+    stamp = final.stat().st_mtime_ns
+    run2 = run_imp(tiny_config(), levels=2, out=tmp_path, progress=False)
+    assert run2.dir == run.dir and final.stat().st_mtime_ns == stamp
+    assert len(json.loads((run.dir / "summary.json").read_text())["levels"]) == 2
+
+
+def test_dense_training_saves_requested_steps(data_dir, tmp_path):
+    run = run_train(tiny_config(), "0,3it,1ep", out=tmp_path, progress=False)
+    for t in (0, 3, 10):  # 400 training examples / batch 40 = 10 iterations per epoch
+        ckpt = read_checkpoint(run.dir / "level_0" / f"step_{t}.pt")
+        assert ckpt["step"]["iteration"] == t and ckpt["mask"] is None
+    init = read_checkpoint(run.dir / "level_0" / "init.pt")["state_dict"]
+    step0 = read_checkpoint(run.dir / "level_0" / "step_0.pt")["state_dict"]
+    assert all(torch.equal(init[k], step0[k]) for k in init)
+
+
+def test_same_seed_same_run_on_cpu(data_dir, tmp_path):
+    a = run_imp(tiny_config(), levels=2, out=tmp_path / "a", progress=False)
+    b = run_imp(tiny_config(), levels=2, out=tmp_path / "b", progress=False)
+    fa, fb = _all_files(a.dir), _all_files(b.dir)
+    assert all(torch.equal(fa[k][n], fb[k][n]) for k in fa for n in fa[k])
+    c = run_imp(tiny_config(seed=1), levels=1, out=tmp_path / "c", progress=False)
+    assert c.dir.name != a.dir.name

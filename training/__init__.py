@@ -1,0 +1,9 @@
+"""Lottery-ticket experiments: models, offline data, masks and pruning, the training loop,
+IMP with rewinding, and self-describing checkpoints.
+
+Programmatic entry points::
+
+    from training.hparams import Config
+    from training.imp import run_imp, run_train
+    from training.checkpoint import load      # checkpoint -> ready model, mask and dataset
+"""

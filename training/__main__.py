@@ -1,0 +1,129 @@
+"""Command line: ``python -m training {imp,train,list} [flags]``; ``--help`` on each explains it."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+import torch
+
+from .errors import UserError
+from .hparams import build_config
+
+EPILOG_IMP = """\
+examples:
+  python -m training imp                                  # demo: MNIST-1D CNN, 5 levels, 20%% per level
+  python -m training imp --levels 10 --rewind 2ep         # late rewinding / k-epoch warm-up (seed 000 Alg. 2)
+  python -m training imp --keep 10 --levels 2             # I-LOT-R with R = 10%% (keep 10%% per iteration)
+  python -m training imp --preset resnet32_cifar10 --data-dir ~/datasets --device cuda
+  python -m training imp --score lamp --fraction 0.16     # LAMP pruning (seed 003)
+
+Run the same command again to resume a killed run; add levels by raising --levels.
+"""
+
+EPILOG_TRAIN = """\
+examples:
+  python -m training train --save-at 0,1ep,2ep,5ep       # dense run with checkpoints for rewinding
+  python -m training train --model mnist1d_cnn --train-for 2000it
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    run = parser.add_argument_group("run")
+    run.add_argument("--preset", help="start from a paper's setup (python -m training list); flags override it")
+    run.add_argument("--out", default="runs", help="folder that holds run folders (default: runs)")
+    run.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from .hparams import add_flags
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Lottery-ticket experiments: iterative magnitude pruning with rewinding, dense training.")
+    sub = parser.add_subparsers(dest="command", metavar="{imp,train,list}")
+
+    imp = sub.add_parser("imp", help="iterative magnitude pruning with rewinding (seed 000 Alg. 1/2)",
+                         description="Train, prune a fraction of the remaining weights, rewind the survivors to "
+                                     "step k, repeat. Writes a run folder with a checkpoint per level.",
+                         epilog=EPILOG_IMP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("--levels", type=int, default=5,
+                     help="number of trained networks: level 0 is dense, each later level is pruned (default: 5)")
+    imp.add_argument("--keep", type=float, metavar="R",
+                     help="keep R%% of the remaining weights per level (seed 000's R); same as --fraction 1-R/100")
+    _common(imp)
+    add_flags(imp, ["dataset", "model", "training", "pruning"])
+
+    train = sub.add_parser("train", help="plain dense training (a level-0 run)",
+                           description="Train the dense network once and save checkpoints at the given steps.",
+                           epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--save-at", default="", help="extra checkpoints, e.g. '0,500it,2ep' (saved as level_0/step_T.pt)")
+    _common(train)
+    add_flags(train, ["dataset", "model", "training"])
+
+    sub.add_parser("list", help="list models, datasets and presets")
+    return parser
+
+
+def _list() -> None:
+    from .data import DATASETS
+    from .models import MODELS
+    from .presets import PRESETS
+
+    print("models:")
+    for name, fn in sorted(MODELS.items()):
+        print(f"  {name:<20} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    print("datasets:")
+    for name, info in DATASETS.items():
+        print(f"  {name:<20} {info['classes']} classes")
+    print("presets:")
+    for name, info in PRESETS.items():
+        print(f"  {name:<20} {info['source']}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    command = args.command or "imp"
+    if args.command is None:  # `python -m training` alone runs the demo
+        args = parser.parse_args(["imp", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        if command == "list":
+            _list()
+            return 0
+        if args.threads:
+            if args.threads < 1:
+                raise UserError(f"--threads must be at least 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        if command == "imp":
+            from .imp import run_imp
+
+            if args.keep is not None:
+                if "fraction" in vars(args):
+                    raise UserError("give either --keep or --fraction, not both")
+                if not 0 < args.keep < 100:
+                    raise UserError(f"--keep is a percentage in (0, 100), got {args.keep}")
+                args.fraction = 1 - args.keep / 100
+            config = build_config(args, ["dataset", "model", "training", "pruning"], args.preset)
+            run_imp(config, args.levels, out=args.out, data_dir=args.data_dir, device=args.device,
+                    progress=not args.no_progress)
+        else:
+            from .imp import run_train
+
+            config = build_config(args, ["dataset", "model", "training"], args.preset)
+            run_train(config, args.save_at, out=args.out, data_dir=args.data_dir, device=args.device,
+                      progress=not args.no_progress)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Self-describing checkpoints, and the atomic file writes every part of a run uses.
+
+A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` reads::
+
+    format        "lth-toolkit/checkpoint"
+    version       1
+    model         {"name", "num_classes", "input_shape", "seed"}
+    dataset       {"name", "hparams"}      (DatasetHparams fields; enough to load the data again)
+    state_dict    the model's state dict (CPU tensors)
+    mask          {parameter name: bool tensor} or None for a dense model
+    step          {"iteration", "epoch", "iterations_per_epoch"}
+    meta          {"run_hash", "algorithm", "level", "seed", "density", "kind", ...}
+
+``load(path)`` turns one back into a ready model and its dataset, so an analysis tool needs no
+other argument.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .data import Dataset, load_dataset
+from .errors import UserError
+from .hparams import DatasetHparams
+from .masks import Mask, apply_mask, check_mask, density
+from .models import build_model
+
+FORMAT = "lth-toolkit/checkpoint"
+VERSION = 1
+REQUIRED = ("model", "dataset", "state_dict", "mask", "step", "meta")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def safe_load(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with each failure turned into a one-line error."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give the path of a .pt file inside it")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"{path} holds pickled objects that are not plain tensors or values; refusing to "
+                        f"load it ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise UserError(f"{path} is corrupt or truncated and cannot be read as a {what} "
+                        f"({type(exc).__name__})") from None
+
+
+def make_checkpoint(model: nn.Module, *, model_name: str, num_classes: int, input_shape: tuple[int, ...],
+                    seed: int, dataset: DatasetHparams, mask: Optional[Mask], iteration: int,
+                    iterations_per_epoch: int, meta: dict) -> dict:
+    """Build the checkpoint dict for ``model`` at ``iteration``."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {"name": model_name, "num_classes": int(num_classes), "input_shape": list(input_shape),
+                  "seed": int(seed)},
+        "dataset": {"name": dataset.dataset, "hparams": dict(vars(dataset))},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "mask": None if mask is None else {k: v.detach().cpu().clone() for k, v in mask.items()},
+        "step": {"iteration": int(iteration), "epoch": iteration / iterations_per_epoch,
+                 "iterations_per_epoch": int(iterations_per_epoch)},
+        "meta": {"density": 1.0 if mask is None else density(mask), **meta},
+    }
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load and validate a checkpoint dict; raise ``UserError`` if it is not one of ours."""
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is not a checkpoint written by this toolkit (no '{FORMAT}' format tag)")
+    if ckpt.get("version", 0) > VERSION:
+        raise UserError(f"{path} has checkpoint version {ckpt['version']}; this toolkit reads up to "
+                        f"{VERSION}: upgrade the toolkit")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} is missing the fields {', '.join(missing)}; it is damaged")
+    return ckpt
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    mask: Optional[Mask]
+    dataset: Optional[Dataset]
+    checkpoint: dict
+
+
+def model_from_checkpoint(ckpt: dict, path: Path | str = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (on the CPU)."""
+    spec = ckpt["model"]
+    model = build_model(spec["name"], spec["num_classes"], tuple(spec["input_shape"]), spec.get("seed", 0))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights do not fit model {spec['name']!r} "
+                        f"({str(exc).splitlines()[0][:200]})") from None
+    if ckpt["mask"] is not None:
+        check_mask(ckpt["mask"], model)
+    return model
+
+
+def load(path: Path | str, device: str | torch.device = "cpu", data_dir: Optional[str] = None,
+         with_data: bool = True) -> Loaded:
+    """Return the checkpoint at ``path`` as a ready model (eval mode, on ``device``), its mask and
+    its dataset (unless ``with_data`` is False)."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path)
+    mask = ckpt["mask"]
+    apply_mask(model, mask)
+    model.to(device).eval()
+    dataset = None
+    if with_data:
+        known = set(DatasetHparams.__dataclass_fields__)
+        hp = DatasetHparams(**{k: v for k, v in ckpt["dataset"].get("hparams", {}).items() if k in known})
+        dataset = load_dataset(hp, data_dir).to(device)
+    if mask is not None:
+        mask = {k: v.to(device) for k, v in mask.items()}
+    return Loaded(model, mask, dataset, ckpt)

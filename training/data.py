@@ -1,0 +1,310 @@
+"""Datasets as tensors, read from local files in their standard formats; no network, ever.
+
+- ``mnist1d``: generated with ``mnist1d.data.make_dataset`` and cached as ``.npz`` in the data folder.
+- ``mnist``: the four idx files (optionally ``.gz``) in ``DATA/mnist/``.
+- ``cifar10`` / ``cifar100``: the python-pickle batches in ``DATA/cifar-10-batches-py/`` and
+  ``DATA/cifar-100-python/``, read with an unpickler that only builds numpy arrays.
+
+The data folder is ``--data-dir``, else ``$LTH_DATA_DIR``, else ``./data``.
+Small datasets live on the training device; batching and augmentation run there too.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import random
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .hparams import DatasetHparams, check_fraction
+from .seeding import generator
+
+DATA_DIR_ENV = "LTH_DATA_DIR"
+VALIDATION_SPLIT_SEED = 0  # fixed so that every run of a dataset holds out the same examples
+
+
+def data_dir(path: Optional[str | os.PathLike] = None) -> Path:
+    """Return the data folder: ``path``, else ``$LTH_DATA_DIR``, else ``./data``."""
+    return Path(path or os.environ.get(DATA_DIR_ENV) or "data").expanduser()
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # float32, (N, *input_shape)
+    y: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    val: Optional[Split]
+    num_classes: int
+    input_shape: tuple[int, ...]
+    augment: bool
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        return Dataset(
+            self.name, self.train.to(device), self.test.to(device),
+            None if self.val is None else self.val.to(device),
+            self.num_classes, self.input_shape, self.augment,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers for the on-disk formats
+
+
+def _read_mnist1d(folder: Path, samples: int) -> tuple[np.ndarray, ...]:
+    path = folder / f"mnist1d_{samples}.npz"
+    if not path.exists():
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples = samples
+        # make_dataset reseeds the global numpy and random generators; leave them as they were.
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            data = make_dataset(args)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+        os.replace(tmp, path)
+    with np.load(path) as f:
+        return f["x"], f["y"], f["x_test"], f["y_test"]
+
+
+MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (the MNIST format: big-endian header, then raw unsigned bytes)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4:
+        raise UserError(f"{path} is not an idx file (too short)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise UserError(f"{path} is not an unsigned-byte idx file (bad magic number)")
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise UserError(f"{path} is truncated: header says {dims}, found {body.size} bytes of data")
+    return body.reshape(dims)
+
+
+def _find(folder: Path, name: str) -> Optional[Path]:
+    for candidate in (folder / name, folder / (name + ".gz")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _read_mnist(root: Path) -> tuple[np.ndarray, ...]:
+    for folder in (root / "mnist", root / "MNIST" / "raw", root):
+        paths = {key: _find(folder, name) for key, name in MNIST_FILES.items()}
+        if all(paths.values()):
+            arrays = {key: read_idx(p) for key, p in paths.items()}
+            return (arrays["train_x"][:, None], arrays["train_y"],
+                    arrays["test_x"][:, None], arrays["test_y"])
+    raise UserError(
+        f"MNIST not found: put {', '.join(MNIST_FILES.values())} (or .gz) in {root / 'mnist'}"
+        f" (set --data-dir or ${DATA_DIR_ENV})"
+    )
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Builds the dicts, bytes and numpy arrays of the CIFAR batches and nothing else."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as exc:
+        raise UserError(f"{path} is not a CIFAR python batch ({exc})") from None
+    if len(data) != len(labels):
+        raise UserError(f"{path}: {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
+
+
+def _read_cifar(root: Path, name: str) -> tuple[np.ndarray, ...]:
+    subdir, train_files, test_files, key = CIFAR_LAYOUT[name]
+    folder = root / subdir
+    missing = [f for f in train_files + test_files if not (folder / f).exists()]
+    if missing:
+        raise UserError(
+            f"{name} not found: expected {', '.join(train_files + test_files)} in {folder}"
+            f" (the python version from the CIFAR website; set --data-dir or ${DATA_DIR_ENV})"
+        )
+    train = [_read_cifar_batch(folder / f, key) for f in train_files]
+    test = [_read_cifar_batch(folder / f, key) for f in test_files]
+    return (np.concatenate([d for d, _ in train]), np.concatenate([l for _, l in train]),
+            np.concatenate([d for d, _ in test]), np.concatenate([l for _, l in test]))
+
+
+DATASETS = {
+    "mnist1d": {"classes": 10, "augment": False},
+    "mnist": {"classes": 10, "augment": False},
+    "cifar10": {"classes": 10, "augment": True},
+    "cifar100": {"classes": 100, "augment": True},
+}
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def load_dataset(hp: DatasetHparams, root: Optional[str | os.PathLike] = None) -> Dataset:
+    """Load the dataset described by ``hp`` from the data folder, normalised, on the CPU.
+
+    Inputs are standardised per channel with the mean and std of the training split (after the
+    validation split is held out), so no statistic is taken from held-out data.
+    """
+    check_dataset_name(hp.dataset)
+    if hp.val_fraction:
+        check_fraction(hp.val_fraction, "--val-fraction", allow_zero=True)
+    folder = data_dir(root)
+    if hp.dataset == "mnist1d":
+        if hp.mnist1d_samples < 20:
+            raise UserError(f"--mnist1d-samples must be at least 20, got {hp.mnist1d_samples}")
+        x, y, xt, yt = _read_mnist1d(folder, hp.mnist1d_samples)
+        x, xt = x[:, None, :], xt[:, None, :]
+    elif hp.dataset == "mnist":
+        x, y, xt, yt = _read_mnist(folder)
+    else:
+        x, y, xt, yt = _read_cifar(folder, hp.dataset)
+
+    num_classes = DATASETS[hp.dataset]["classes"]
+    for labels, split in ((y, "training"), (yt, "test")):
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise UserError(f"{hp.dataset} {split} labels outside [0, {num_classes}): files are corrupt")
+    x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+    xt = torch.as_tensor(np.ascontiguousarray(xt), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+    yt = torch.as_tensor(np.asarray(yt), dtype=torch.int64)
+
+    val = None
+    if hp.val_fraction:
+        order = torch.randperm(len(y), generator=generator(VALIDATION_SPLIT_SEED, "val", hp.dataset))
+        n_val = int(round(hp.val_fraction * len(y)))
+        if n_val < 1 or n_val >= len(y):
+            raise UserError(f"--val-fraction {hp.val_fraction} leaves an empty split of {len(y)} examples")
+        val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+        val = Split(x[val_idx], y[val_idx])
+        x, y = x[train_idx], y[train_idx]
+
+    dims = [0] + list(range(2, x.dim()))
+    mean, std = x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True).clamp_min(1e-8)
+
+    def norm(split: Split) -> Split:
+        return Split(((split.x - mean) / std).contiguous(), split.y)
+
+    augment = DATASETS[hp.dataset]["augment"] if hp.augment is None else bool(hp.augment)
+    return Dataset(
+        name=hp.dataset, train=norm(Split(x, y)), test=norm(Split(xt, yt)),
+        val=None if val is None else norm(val), num_classes=num_classes,
+        input_shape=tuple(x.shape[1:]), augment=augment,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching and augmentation on the device
+
+
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Pad by ``pad`` zeros, crop back at a random offset and flip half the images horizontally.
+
+    ``x`` is (N, C, H, W) on any device; the random numbers come from the CPU generator ``gen``
+    so CPU and GPU runs see the same crops.
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=gen).to(x.device)
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)[None, :]
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)[None, :]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class TrainBatches:
+    """Shuffled mini-batches of a split: epoch ``e``'s order depends only on (seed, e)."""
+
+    def __init__(self, split: Split, batch_size: int, seed: int, augment: bool):
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+        self.split, self.batch_size, self.seed, self.augment = split, batch_size, seed, augment
+        self.iterations_per_epoch = -(-len(split) // batch_size)
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield epoch ``epoch``'s batches, starting after the first ``skip`` of them."""
+        order = torch.randperm(len(self.split), generator=generator(self.seed, "order", epoch))
+        order = order.to(self.split.x.device)
+        aug = generator(self.seed, "augment", epoch) if self.augment else None
+        for i in range(self.iterations_per_epoch):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            if aug is not None:
+                x = random_crop_flip(self.split.x[idx], aug)  # drawn even when skipped, to stay in step
+            else:
+                x = None
+            if i < skip:
+                continue
+            yield (x if x is not None else self.split.x[idx]), self.split.y[idx]
+
+
+def eval_batches(split: Split, batch_size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(split), batch_size):
+        yield split.x[start : start + batch_size], split.y[start : start + batch_size]
+
+
+def describe(hp: DatasetHparams) -> dict:
+    """The dataset description stored in checkpoints: enough to load the same data again."""
+    return {"name": hp.dataset, "hparams": {k: v for k, v in vars(hp).items()}}

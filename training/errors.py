@@ -1,0 +1,9 @@
+"""The one exception type that means "the user asked for something invalid"."""
+
+
+class UserError(Exception):
+    """Bad input: the message is one line that says what was wrong and how to fix it.
+
+    Command-line entry points print it as ``error: <message>`` and exit with status 2; library
+    callers can catch it like any other exception.
+    """

@@ -1,0 +1,203 @@
+"""Hyperparameters: one dataclass per concern, and everything else follows from them.
+
+The command-line flags are generated from the fields (with the field's help text), the run
+folder's name is a hash of the canonical string of the fields that differ from their defaults
+(so adding a field later keeps old run names valid), and ``config.json`` is the same dict.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from .errors import UserError
+
+
+def _f(default: Any, help: str, choices: Optional[list[str]] = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class DatasetHparams:
+    dataset: str = _f("mnist1d", "dataset: mnist1d (generated offline), mnist, cifar10, cifar100")
+    val_fraction: float = _f(
+        0.0, "fraction of the training set held out as a validation split, in [0, 1)"
+    )
+    augment: Optional[bool] = _f(
+        None, "4-pixel padded random crop + horizontal flip (default: on for CIFAR, off otherwise)"
+    )
+    mnist1d_samples: int = _f(5000, "MNIST-1D: samples generated (80%% train / 20%% test)")
+
+
+@dataclass
+class ModelHparams:
+    model: str = _f("mnist1d_cnn", "model name (python -m training list shows them all)")
+
+
+@dataclass
+class TrainingHparams:
+    optimizer: str = _f("sgd", "optimizer", ["sgd", "adam"])
+    lr: float = _f(0.05, "peak learning rate")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(False, "Nesterov momentum (SGD)")
+    weight_decay: float = _f(0.0, "L2 weight decay")
+    batch_size: int = _f(128, "mini-batch size")
+    train_for: str = _f("30ep", "training length per level: '30ep' (epochs) or '5000it' (iterations)")
+    schedule: str = _f("constant", "learning-rate schedule", ["constant", "step", "cosine"])
+    milestones: str = _f("", "step schedule: comma-separated points, e.g. '80ep,120ep'")
+    gamma: float = _f(0.1, "step schedule: factor applied at each milestone")
+    warmup: str = _f("0", "linear learning-rate warm-up length, e.g. '5ep' (any schedule)")
+    eval_every: str = _f("1ep", "evaluate on the test (and validation) set this often")
+    seed: int = _f(0, "seed for model init, data order, augmentation and random pruning")
+
+
+@dataclass
+class PruningHparams:
+    score: str = _f("magnitude", "pruning score", ["magnitude", "random", "lamp"])
+    fraction: float = _f(0.2, "fraction of the remaining prunable weights removed per level, in (0, 1)")
+    scope: str = _f("global", "rank scores across all layers or within each layer", ["global", "layerwise"])
+    output_fraction: Optional[float] = _f(
+        None, "prune the output layer at its own rate (0 keeps it dense; Frankle & Carbin: half)"
+    )
+    layer_fractions: str = _f(
+        "", "per-layer rates, e.g. 'features.*=0.15,classifier.*=0.2' (glob on parameter names)"
+    )
+    rewind: str = _f("0", "rewind survivors to step k: 0 (Frankle & Carbin), '500it' or '2ep'")
+
+
+SECTIONS: dict[str, type] = {
+    "dataset": DatasetHparams,
+    "model": ModelHparams,
+    "training": TrainingHparams,
+    "pruning": PruningHparams,
+}
+
+
+@dataclass
+class Config:
+    """A complete experiment description; ``pruning`` is ``None`` for dense training."""
+
+    dataset: DatasetHparams = field(default_factory=DatasetHparams)
+    model: ModelHparams = field(default_factory=ModelHparams)
+    training: TrainingHparams = field(default_factory=TrainingHparams)
+    pruning: Optional[PruningHparams] = None
+
+    def to_dict(self) -> dict:
+        return {name: (None if s is None else dataclasses.asdict(s)) for name, s in self._sections()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        kwargs = {}
+        for name, kind in SECTIONS.items():
+            section = data.get(name)
+            if section is None:
+                continue
+            known = {f.name for f in fields(kind)}
+            kwargs[name] = kind(**{k: v for k, v in section.items() if k in known})
+        return cls(**kwargs)
+
+    def canonical(self) -> str:
+        """Fields that differ from their defaults, in a fixed order: the identity of the run."""
+        parts = []
+        for name, section in self._sections():
+            if section is None:
+                continue
+            changed = [
+                f"{f.name}={getattr(section, f.name)!r}"
+                for f in fields(section)
+                if getattr(section, f.name) != f.default
+            ]
+            parts.append(f"{name}(" + ",".join(changed) + ")")
+        return "|".join(parts)
+
+    def hash(self, *extra: str) -> str:
+        """Return 12 hex digits naming the run (``extra`` adds runner-level identity)."""
+        text = "|".join([self.canonical(), *extra])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def _sections(self):
+        return [(name, getattr(self, name)) for name in SECTIONS]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line flags generated from the fields
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_optional_bool(text: str) -> Optional[bool]:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    if lowered in ("none", "default", "auto"):
+        return None
+    raise argparse.ArgumentTypeError(f"expected true, false or auto, got {text!r}")
+
+
+def add_flags(parser: argparse.ArgumentParser, section_names: list[str]) -> None:
+    """Add one flag per field of the named sections; defaults are left unset (``SUPPRESS``)."""
+    for name in section_names:
+        kind = SECTIONS[name]
+        group = parser.add_argument_group(f"{name} hyperparameters")
+        hints = typing.get_type_hints(kind)
+        for f in fields(kind):
+            hint = hints[f.name]
+            help_text = f"{f.metadata['help']} (default: {f.default})"
+            kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_text, dest=f.name)
+            if hint is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif hint == Optional[bool]:
+                kwargs["type"] = _parse_optional_bool
+                kwargs["metavar"] = "{true,false,auto}"
+            else:
+                base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
+                kwargs["type"] = base
+                if f.metadata.get("choices"):
+                    kwargs["choices"] = f.metadata["choices"]
+            group.add_argument(_flag(f.name), **kwargs)
+
+
+def build_config(
+    args: argparse.Namespace, section_names: list[str], preset: Optional[str] = None
+) -> Config:
+    """Dataclass defaults, then the preset's values, then the flags that were given."""
+    from .presets import preset_values
+
+    values = preset_values(preset) if preset else {}
+    given = vars(args)
+    sections = {}
+    for name in section_names:
+        kind = SECTIONS[name]
+        kwargs = {}
+        for f in fields(kind):
+            if f.name in given:
+                kwargs[f.name] = given[f.name]
+            elif f.name in values:
+                kwargs[f.name] = values[f.name]
+        sections[name] = kind(**kwargs)
+    return Config(**sections)
+
+
+def field_names(section_names: list[str]) -> set[str]:
+    return {f.name for name in section_names for f in fields(SECTIONS[name])}
+
+
+def dumps(data: Any) -> str:
+    """JSON text as written to every file of a run (sorted keys, two-space indent)."""
+    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def check_fraction(value: float, what: str, allow_zero: bool = False) -> None:
+    """Raise ``UserError`` unless ``value`` lies in (0, 1) (or [0, 1) with ``allow_zero``)."""
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value < 1):
+        interval = "[0, 1)" if allow_zero else "(0, 1)"
+        raise UserError(f"{what} must be in {interval}, got {value}")

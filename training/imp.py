@@ -1,0 +1,106 @@
+"""Iterative magnitude pruning with rewinding (seed 000, Alg. 1 and 2), and dense training.
+
+Level 0 trains the dense network from W^0 for T iterations and keeps W^k, its weights after k
+iterations. Each later level L prunes a fraction of the weights that level L-1 kept (scored on
+level L-1's trained weights), resets the survivors to W^k and trains them from iteration k to T,
+with the pruned weights held at exactly zero (seed 000, eq. 1). ``rewind = 0`` is Frankle &
+Carbin's IMP; ``k > 0`` is late rewinding, which is Alg. 2's k-epoch warm-up: the warm-up is the
+first k iterations of level 0 and every level continues the same schedule from there.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import UserError
+from .hparams import Config, PruningHparams
+from .masks import apply_mask, dense_mask, output_name
+from .pruning import prune
+from .runs import Run, resolve_device
+from .seeding import derive_seed
+from .steps import parse_steps
+
+
+def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_dir: Optional[str] = None,
+            device: str = "auto", progress: bool = True,
+            on_epoch_end: Optional[Callable[[int], None]] = None) -> Run:
+    """Run (or resume) ``levels`` levels of IMP; return the run with its summary written.
+
+    The number of levels is not part of the run's identity: asking for more levels later extends
+    the same run folder.
+    """
+    if levels < 1:
+        raise UserError(f"--levels must be at least 1, got {levels}")
+    pruning = config.pruning or PruningHparams()
+    config.pruning = pruning
+    run = Run(config, "imp", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end)
+    k = run.rewind_iteration
+    reference = run.new_model()
+    out_layer = output_name(reference)
+    # Validate the pruning settings before any training, not after level 0.
+    prune(dict(reference.named_parameters()), dense_mask(reference), pruning.fraction, score=pruning.score,
+          scope=pruning.scope, output_name=out_layer, output_fraction=pruning.output_fraction,
+          layer_fractions=pruning.layer_fractions)
+
+    for level in range(levels):
+        if run.level_done(level):
+            continue
+
+        def make_mask(level: int = level):
+            if level == 0:
+                return dense_mask(reference)
+            previous = run.mask_for(level - 1, lambda: dense_mask(reference))
+            return prune(run.load_state(level - 1, "final"), previous, pruning.fraction, score=pruning.score,
+                         scope=pruning.scope, output_name=out_layer, output_fraction=pruning.output_fraction,
+                         layer_fractions=pruning.layer_fractions, seed=derive_seed(config.training.seed, "prune", level))
+
+        mask = run.mask_for(level, make_mask)
+        model = run.new_model()
+        if level == 0:
+            run.save(model, mask, 0, level, "init")
+
+            def keep_rewind(t: int, model=model, mask=mask) -> None:
+                run.save(model, mask, t, 0, "rewind")
+
+            run.train_level(level, model, mask, start=0, save_points={k}, on_save=keep_rewind)
+        else:
+            apply_mask(model, mask)
+            if not (run.level_dir(level) / "init.pt").exists():
+                run.save(model, mask, 0, level, "init")
+            model.load_state_dict(run.load_state(0, "rewind"))
+            apply_mask(model, mask)
+            if not (run.level_dir(level) / "rewind.pt").exists():
+                run.save(model, mask, k, level, "rewind")
+            run.train_level(level, model, mask, start=k)
+        run.write_summary()
+    entries = run.write_summary()
+    if progress:
+        run.print_summary(entries)
+    return run
+
+
+def run_train(config: Config, save_at: str = "", *, out: str | Path = "runs", data_dir: Optional[str] = None,
+              device: str = "auto", progress: bool = True,
+              on_epoch_end: Optional[Callable[[int], None]] = None) -> Run:
+    """Train the dense network once (a level-0 run), saving ``level_0/step_T.pt`` at each point of
+    ``save_at`` (e.g. ``"0,500it,2ep"``); return the run with its summary written."""
+    config.pruning = None
+    points = parse_steps(save_at, "--save-at")
+    identity = ("save_at=" + ",".join(str(p) for p in points),) if points else ()
+    run = Run(config, "train", Path(out), resolve_device(device), data_dir, progress, identity, on_epoch_end)
+    iterations = sorted({p.iterations(run.iterations_per_epoch) for p in points})
+    late = [t for t in iterations if t > run.total]
+    if late:
+        raise UserError(f"--save-at point {late[0]} it is after the end of training ({run.total} it)")
+    if not run.level_done(0):
+        model = run.new_model()
+        run.save(model, None, 0, 0, "init")
+
+        def keep(t: int) -> None:
+            run.save(model, None, t, 0, f"step_{t}")
+
+        run.train_level(0, model, None, start=0, save_points=iterations, on_save=keep)
+    entries = run.write_summary()
+    if progress:
+        run.print_summary(entries)
+    return run

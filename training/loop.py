@@ -1,0 +1,205 @@
+"""The training loop: a few obvious lines per step, masks enforced after every step, metrics
+logged as training runs, and a resume state written at every epoch boundary."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import atomic_save, safe_load
+from .data import Dataset, Split, TrainBatches, eval_batches
+from .errors import UserError
+from .hparams import TrainingHparams
+from .masks import Mask, MaskEnforcer
+from .metrics_log import MetricsLog
+from .seeding import derive_seed
+from .steps import Step, parse_steps
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+def make_optimizer(model: nn.Module, hp: TrainingHparams) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
+                               weight_decay=hp.weight_decay)
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    raise UserError(f"unknown optimizer {hp.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+@dataclass
+class Schedule:
+    """Learning rate as a pure function of the iteration (nothing to save when resuming)."""
+
+    hp: TrainingHparams
+    total: int
+    warmup: int
+    milestones: list[int]
+
+    @classmethod
+    def build(cls, hp: TrainingHparams, iterations_per_epoch: int) -> "Schedule":
+        if hp.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule {hp.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        total = Step.parse(hp.train_for, "--train-for").iterations(iterations_per_epoch)
+        warmup = Step.parse(hp.warmup, "--warmup").iterations(iterations_per_epoch)
+        milestones = [s.iterations(iterations_per_epoch) for s in parse_steps(hp.milestones, "--milestones")]
+        if hp.schedule == "step" and not milestones:
+            raise UserError("--schedule step needs --milestones, e.g. '80ep,120ep'")
+        if warmup >= total:
+            raise UserError(f"--warmup {hp.warmup} is not shorter than --train-for {hp.train_for}")
+        return cls(hp, total, warmup, sorted(milestones))
+
+    def __call__(self, iteration: int) -> float:
+        """Learning rate for the step that takes the model from ``iteration`` to ``iteration + 1``."""
+        lr = self.hp.lr
+        if self.hp.schedule == "step":
+            lr *= self.hp.gamma ** sum(iteration >= m for m in self.milestones)
+        elif self.hp.schedule == "cosine":
+            progress = (iteration - self.warmup) / max(1, self.total - self.warmup)
+            lr *= 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+        if iteration < self.warmup:
+            lr *= (iteration + 1) / self.warmup
+        return lr
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
+    """Return (mean cross-entropy loss in nats, accuracy in [0, 1]) of ``model`` on ``split``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    for x, y in eval_batches(split, batch_size):
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    n = max(1, len(split))
+    return float(loss_sum) / n, int(correct) / n
+
+
+def check_lengths(hp: TrainingHparams, iterations_per_epoch: int, rewind: str = "0") -> tuple[int, int, int]:
+    """Validate the lengths of a run; return (total iterations, rewind iteration, eval cadence)."""
+    schedule = Schedule.build(hp, iterations_per_epoch)
+    k = Step.parse(rewind, "--rewind").iterations(iterations_per_epoch)
+    every = Step.parse(hp.eval_every, "--eval-every").iterations(iterations_per_epoch)
+    if schedule.total < 1:
+        raise UserError(f"--train-for {hp.train_for} is empty; train for at least 1 iteration")
+    if k >= schedule.total:
+        raise UserError(f"rewind point {rewind} (iteration {k}) is not before the end of training "
+                        f"({hp.train_for} = {schedule.total} iterations); rewind earlier or train longer")
+    if every < 1:
+        raise UserError(f"--eval-every {hp.eval_every} must be at least 1 iteration")
+    return schedule.total, k, every
+
+
+def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 0, end: Optional[int] = None,
+          mask: Optional[Mask] = None, log: Optional[MetricsLog] = None, level: int = 0,
+          save_points: Iterable[int] = (), on_save: Optional[Callable[[int], None]] = None,
+          state_path: Optional[Path] = None, progress: bool = True,
+          on_epoch_end: Optional[Callable[[int], None]] = None) -> dict:
+    """Train ``model`` (already on the data's device) from iteration ``start`` to ``end``.
+
+    Pruned weights (``mask``) stay exactly zero. ``on_save(t)`` runs after iteration ``t`` for each
+    ``t`` in ``save_points``. With ``state_path``, a resume state is written at every epoch
+    boundary and, if present, training continues from it. Returns the final metrics.
+    """
+    batches = TrainBatches(data.train, hp.batch_size, hp.seed, data.augment)
+    ipe = batches.iterations_per_epoch
+    total, _, eval_every = check_lengths(hp, ipe)
+    end = total if end is None else end
+    schedule = Schedule.build(hp, ipe)
+    optimizer = make_optimizer(model, hp)
+    enforce = MaskEnforcer(model, mask)
+    enforce()
+    save_points = set(save_points)
+
+    t = start
+    pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (loss, correct, n) since the last eval
+    if state_path is not None and state_path.exists():
+        state = safe_load(state_path, "resume state")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        t = int(state["iteration"])
+        device = next(model.parameters()).device
+        pending = [(l.to(device), c.to(device), int(n)) for l, c, n in state["pending"]]
+    if log is not None:  # drop what a killed attempt logged past the point we restart from
+        resumed, at = t > start, t
+        log.keep_only(lambda r: r.get("level", 0) < level
+                      or (resumed and r.get("level") == level and r["iteration"] <= at))
+
+    clock = time.perf_counter()
+
+    def record(iteration: int) -> dict:
+        row: dict = {"level": level, "iteration": iteration, "epoch": iteration / ipe, "lr": schedule(max(iteration - 1, 0))}
+        if pending:
+            losses = torch.stack([p[0] for p in pending])
+            row["train_loss"] = float(losses.double().mean())
+            row["train_accuracy"] = float(sum(int(p[1]) for p in pending)) / sum(p[2] for p in pending)
+        row["test_loss"], row["test_accuracy"] = evaluate(model, data.test)
+        if data.val is not None:
+            row["val_loss"], row["val_accuracy"] = evaluate(model, data.val)
+        row["seconds"] = time.perf_counter() - clock
+        if log is not None:
+            log.write(row)
+        return row
+
+    def check_finite(upto: int) -> None:
+        if not pending:
+            return
+        losses = torch.stack([p[0] for p in pending])
+        bad = torch.nonzero(~torch.isfinite(losses)).flatten()
+        if len(bad):
+            at = upto - len(pending) + int(bad[0]) + 1
+            where = f"; last good resume state: {state_path}" if state_path is not None and state_path.exists() else ""
+            raise UserError(f"loss became {float(losses[bad[0]])} at iteration {at} (epoch {at / ipe:.2f}) of level "
+                            f"{level}; training stopped{where}. Lower --lr or check the data")
+
+    last = record(t) if t == start else {}
+    if t == start and t in save_points and on_save is not None:
+        on_save(t)
+    bar = tqdm(total=end - start, initial=t - start, desc=f"level {level}", unit="it", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    model.train()
+    while t < end:
+        epoch = t // ipe
+        torch.manual_seed(derive_seed(hp.seed, "dropout", level, epoch))
+        for x, y in batches.epoch(epoch, skip=t - epoch * ipe):
+            for group in optimizer.param_groups:
+                group["lr"] = schedule(t)
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            enforce()
+            pending.append((loss.detach(), (out.argmax(1) == y).sum(), len(y)))
+            t += 1
+            bar.update(1)
+            if t in save_points and on_save is not None:
+                on_save(t)
+            if t % eval_every == 0 or t == end:
+                check_finite(t)
+                last = record(t)
+                pending = []
+                bar.set_postfix(test_acc=f"{last['test_accuracy']:.3f}")
+            if t == end:
+                break
+        if t % ipe == 0 and t < end:
+            check_finite(t)
+            if state_path is not None:
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": t,
+                             "pending": [(l.cpu(), c.cpu(), n) for l, c, n in pending]}, state_path)
+            if on_epoch_end is not None:
+                on_epoch_end(t // ipe)
+    bar.close()
+    return last

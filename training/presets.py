@@ -1,0 +1,57 @@
+"""Named setups from the papers: ``--preset NAME`` fills these fields, any flag overrides them.
+
+Each preset names its source. Fields not listed keep the dataclass defaults.
+"""
+from __future__ import annotations
+
+from .errors import UserError
+
+PRESETS: dict[str, dict] = {
+    "mnist1d_demo": {
+        "source": "toolkit demo (the defaults): MNIST-1D 1-D CNN, SGD lr 0.05, 30 epochs; minutes on a laptop CPU",
+        "fields": {},
+    },
+    "lenet300_mnist": {
+        "source": "Frankle & Carbin 2019 as summarised in seed 002 sec. 3.1.1: LeNet-300-100 on MNIST, "
+        "layer-wise magnitude pruning, output layer at half rate; Adam 1.2e-3, batch 60, 50K iterations",
+        "fields": {
+            "dataset": "mnist", "model": "lenet_300_100", "optimizer": "adam", "lr": 1.2e-3,
+            "batch_size": 60, "train_for": "50000it", "eval_every": "1000it",
+            "scope": "layerwise", "fraction": 0.2, "output_fraction": 0.1,
+        },
+    },
+    "conv6_cifar10": {
+        "source": "seed 004 sec. 4.1 (after Frankle & Carbin): Conv-6 on CIFAR-10, Adam 3e-4, batch 60, "
+        "40 epochs per IMP round, pruning 15% of conv and 20% of fully-connected weights per round",
+        "fields": {
+            "dataset": "cifar10", "model": "conv6", "optimizer": "adam", "lr": 3e-4,
+            "batch_size": 60, "train_for": "40ep", "scope": "layerwise", "fraction": 0.2,
+            "layer_fractions": "features.*=0.15", "augment": False,
+        },
+    },
+    "resnet32_cifar10": {
+        "source": "seed 000 sec. 2: ResNet-32 on CIFAR-10, 180 epochs, SGD lr 0.1 decayed x0.1 at "
+        "epochs 80 and 120, momentum 0.9, batch 100, weight decay 5e-5",
+        "fields": {
+            "dataset": "cifar10", "model": "resnet32", "optimizer": "sgd", "lr": 0.1,
+            "momentum": 0.9, "batch_size": 100, "weight_decay": 5e-5, "train_for": "180ep",
+            "schedule": "step", "milestones": "80ep,120ep", "gamma": 0.1,
+        },
+    },
+    "mobilenetv3_cifar10": {
+        "source": "seed 000 sec. 3: MobileNet-v3-small on CIFAR-10, 100 epochs, 5-epoch linear "
+        "warm-up then cosine from lr 0.35, SGD momentum 0.9, weight decay 6e-5, batch 128",
+        "fields": {
+            "dataset": "cifar10", "model": "mobilenetv3_small", "optimizer": "sgd", "lr": 0.35,
+            "momentum": 0.9, "batch_size": 128, "weight_decay": 6e-5, "train_for": "100ep",
+            "schedule": "cosine", "warmup": "5ep",
+        },
+    },
+}
+
+
+def preset_values(name: str) -> dict:
+    """Return the field values of preset ``name``."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name]["fields"])

@@ -1,0 +1,146 @@
+"""Pruning: score the kept weights, then remove exactly the requested number of the lowest.
+
+Scores (higher = more important):
+- ``magnitude``: |w|.
+- ``random``: uniform noise from a seeded generator (the random-pruning control).
+- ``lamp``: Lee et al. (2021), the score seed 003 prunes with. Within a layer, sort the kept
+  weights by magnitude; weight u scores w_u^2 / sum_{v >= u} w_v^2, the sum running over the
+  kept weights of that layer at least as large as u (u itself included). Scores are comparable
+  across layers, so LAMP is meant to be used with global scope.
+
+Only kept weights compete, so each new mask is nested in the previous one. Ties are broken by
+position (layer order, then flat index), so pruning is deterministic.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Optional
+
+import torch
+
+from .errors import UserError
+from .hparams import check_fraction
+from .masks import Mask
+from .seeding import generator
+
+Scores = dict[str, torch.Tensor]
+
+
+def magnitude_scores(weights: dict[str, torch.Tensor], mask: Mask, seed: int = 0) -> Scores:
+    return {name: weights[name].detach().abs().float() for name in mask}
+
+
+def random_scores(weights: dict[str, torch.Tensor], mask: Mask, seed: int = 0) -> Scores:
+    gen = generator(seed, "random-pruning")
+    return {name: torch.rand(m.shape, generator=gen) for name, m in mask.items()}
+
+
+def lamp_scores(weights: dict[str, torch.Tensor], mask: Mask, seed: int = 0) -> Scores:
+    scores = {}
+    for name, m in mask.items():
+        w2 = (weights[name].detach().double().cpu() ** 2).flatten()
+        keep = m.cpu().flatten()
+        alive = torch.nonzero(keep).flatten()
+        order = torch.argsort(w2[alive], stable=True)
+        sorted_w2 = w2[alive][order]
+        # suffix sums: for the i-th smallest, the sum of it and everything larger
+        suffix = sorted_w2.flip(0).cumsum(0).flip(0)
+        layer = torch.zeros_like(w2)
+        layer[alive[order]] = torch.where(suffix > 0, sorted_w2 / suffix, torch.zeros_like(suffix))
+        scores[name] = layer.reshape(m.shape).float()
+    return scores
+
+
+SCORES: dict[str, Callable[..., Scores]] = {
+    "magnitude": magnitude_scores,
+    "random": random_scores,
+    "lamp": lamp_scores,
+}
+
+
+def _parse_layer_fractions(text: str) -> list[tuple[str, float]]:
+    rules = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        pattern, sep, value = part.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = float("nan")
+        if not sep or not pattern or rate != rate:
+            raise UserError(f"--layer-fractions entry {part!r} is not NAME=FRACTION (e.g. 'features.*=0.15')")
+        check_fraction(rate, f"--layer-fractions rate for {pattern!r}", allow_zero=True)
+        rules.append((pattern.strip(), rate))
+    return rules
+
+
+def layer_rates(mask: Mask, fraction: float, scope: str, output_name: Optional[str] = None,
+                output_fraction: Optional[float] = None, layer_fractions: str = "") -> list[tuple[list[str], float]]:
+    """Group the masked layers into (names, fraction) pruning groups.
+
+    A layer matched by ``layer_fractions`` (first matching glob wins) or the output layer with
+    ``output_fraction`` set forms its own group; the rest form one group (global scope) or one
+    group per layer (layer-wise scope).
+    """
+    check_fraction(fraction, "pruning fraction")
+    if scope not in ("global", "layerwise"):
+        raise UserError(f"unknown pruning scope {scope!r}; choose global or layerwise")
+    if output_fraction is not None:
+        check_fraction(output_fraction, "--output-fraction", allow_zero=True)
+    rules = _parse_layer_fractions(layer_fractions)
+    for pattern, _ in rules:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in mask):
+            raise UserError(f"--layer-fractions pattern {pattern!r} matches no prunable layer; "
+                            f"layers are: {', '.join(mask)}")
+    groups: list[tuple[list[str], float]] = []
+    shared: list[str] = []
+    for name in mask:
+        rate = next((r for p, r in rules if fnmatch.fnmatchcase(name, p)), None)
+        if rate is None and name == output_name and output_fraction is not None:
+            rate = output_fraction
+        if rate is not None:
+            groups.append(([name], rate))
+        elif scope == "layerwise":
+            groups.append(([name], fraction))
+        else:
+            shared.append(name)
+    if shared:
+        groups.append((shared, fraction))
+    return groups
+
+
+def prune_group(scores: Scores, mask: Mask, names: list[str], fraction: float) -> Mask:
+    """Remove ``round(fraction * kept)`` of the kept weights in ``names`` with the lowest scores."""
+    kept_flat = torch.cat([mask[n].flatten().cpu() for n in names])
+    score_flat = torch.cat([scores[n].flatten().cpu().float() for n in names])
+    alive = torch.nonzero(kept_flat).flatten()
+    n_remove = int(fraction * len(alive) + 0.5)
+    new_flat = kept_flat.clone()
+    if n_remove:
+        order = torch.argsort(score_flat[alive], stable=True)
+        new_flat[alive[order[:n_remove]]] = False
+    out, offset = {}, 0
+    for n in names:
+        size = mask[n].numel()
+        out[n] = new_flat[offset : offset + size].reshape(mask[n].shape).to(mask[n].device)
+        offset += size
+    return out
+
+
+def prune(weights: dict[str, torch.Tensor], mask: Mask, fraction: float, *, score: str = "magnitude",
+          scope: str = "global", output_name: Optional[str] = None, output_fraction: Optional[float] = None,
+          layer_fractions: str = "", seed: int = 0) -> Mask:
+    """Return a new mask with a ``fraction`` of the kept weights removed (see ``layer_rates``).
+
+    ``weights`` maps parameter names to tensors (a ``state_dict`` works). The result is nested
+    in ``mask`` and removes exactly ``round(rate * kept)`` weights from each group.
+    """
+    if score not in SCORES:
+        raise UserError(f"unknown pruning score {score!r}; choose one of: {', '.join(SCORES)}")
+    missing = [n for n in mask if n not in weights]
+    if missing:
+        raise UserError(f"weights for masked layers are missing: {', '.join(missing)}")
+    scores = SCORES[score](weights, mask, seed)
+    new_mask: Mask = {}
+    for names, rate in layer_rates(mask, fraction, scope, output_name, output_fraction, layer_fractions):
+        new_mask.update(prune_group(scores, mask, names, rate))
+    return {n: new_mask[n] for n in mask}
