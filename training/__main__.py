@@ -94,7 +94,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if command == "list":
             _list()
             return 0
-        if args.threads:
+        if args.threads is not None:
             if args.threads < 1:
                 raise UserError(f"--threads must be at least 1, got {args.threads}")
             torch.set_num_threads(args.threads)

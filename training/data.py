@@ -34,7 +34,7 @@ VALIDATION_SPLIT_SEED = 0  # fixed so that every run of a dataset holds out the 
 
 def data_dir(path: Optional[str | os.PathLike] = None) -> Path:
     """Return the data folder: ``path``, else ``$LTH_DATA_DIR``, else ``./data``."""
-    return Path(path or os.environ.get(DATA_DIR_ENV) or "data").expanduser()
+    return Path(path or os.environ.get(DATA_DIR_ENV) or "data").expanduser().absolute()
 
 
 @dataclass
@@ -145,6 +145,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
     }
 
     def find_class(self, module: str, name: str):
@@ -224,10 +225,8 @@ def load_dataset(hp: DatasetHparams, root: Optional[str | os.PathLike] = None) -
     for labels, split in ((y, "training"), (yt, "test")):
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise UserError(f"{hp.dataset} {split} labels outside [0, {num_classes}): files are corrupt")
-    x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-    xt = torch.as_tensor(np.ascontiguousarray(xt), dtype=torch.float32)
-    y = torch.as_tensor(np.asarray(y), dtype=torch.int64)
-    yt = torch.as_tensor(np.asarray(yt), dtype=torch.int64)
+    x, xt = (torch.from_numpy(np.array(a, dtype=np.float32)) for a in (x, xt))
+    y, yt = (torch.from_numpy(np.array(a, dtype=np.int64)) for a in (y, yt))
 
     val = None
     if hp.val_fraction:

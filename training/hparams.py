@@ -150,7 +150,7 @@ def add_flags(parser: argparse.ArgumentParser, section_names: list[str]) -> None
         hints = typing.get_type_hints(kind)
         for f in fields(kind):
             hint = hints[f.name]
-            help_text = f"{f.metadata['help']} (default: {f.default})"
+            help_text = f.metadata["help"] + ("" if f.default is None else f" (default: {f.default})")
             kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_text, dest=f.name)
             if hint is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction

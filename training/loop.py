@@ -36,6 +36,22 @@ def make_optimizer(model: nn.Module, hp: TrainingHparams) -> torch.optim.Optimiz
     raise UserError(f"unknown optimizer {hp.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
+def check_training(hp: TrainingHparams) -> None:
+    """Raise ``UserError`` for numbers no optimizer accepts."""
+    if not hp.lr > 0:
+        raise UserError(f"--lr must be positive, got {hp.lr}")
+    if not 0 <= hp.momentum < 1:
+        raise UserError(f"--momentum must be in [0, 1), got {hp.momentum}")
+    if not hp.weight_decay >= 0:
+        raise UserError(f"--weight-decay must be non-negative, got {hp.weight_decay}")
+    if not hp.gamma > 0:
+        raise UserError(f"--gamma must be positive, got {hp.gamma}")
+    if hp.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {hp.batch_size}")
+    if hp.nesterov and (hp.optimizer != "sgd" or hp.momentum == 0):
+        raise UserError("--nesterov needs --optimizer sgd with a non-zero --momentum")
+
+
 @dataclass
 class Schedule:
     """Learning rate as a pure function of the iteration (nothing to save when resuming)."""
@@ -49,7 +65,10 @@ class Schedule:
     def build(cls, hp: TrainingHparams, iterations_per_epoch: int) -> "Schedule":
         if hp.schedule not in SCHEDULES:
             raise UserError(f"unknown schedule {hp.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        check_training(hp)
         total = Step.parse(hp.train_for, "--train-for").iterations(iterations_per_epoch)
+        if total < 1:
+            raise UserError(f"--train-for {hp.train_for} is empty; train for at least 1 iteration")
         warmup = Step.parse(hp.warmup, "--warmup").iterations(iterations_per_epoch)
         milestones = [s.iterations(iterations_per_epoch) for s in parse_steps(hp.milestones, "--milestones")]
         if hp.schedule == "step" and not milestones:
@@ -92,8 +111,6 @@ def check_lengths(hp: TrainingHparams, iterations_per_epoch: int, rewind: str = 
     schedule = Schedule.build(hp, iterations_per_epoch)
     k = Step.parse(rewind, "--rewind").iterations(iterations_per_epoch)
     every = Step.parse(hp.eval_every, "--eval-every").iterations(iterations_per_epoch)
-    if schedule.total < 1:
-        raise UserError(f"--train-for {hp.train_for} is empty; train for at least 1 iteration")
     if k >= schedule.total:
         raise UserError(f"rewind point {rewind} (iteration {k}) is not before the end of training "
                         f"({hp.train_for} = {schedule.total} iterations); rewind earlier or train longer")
