@@ -36,7 +36,7 @@ def test_bad_input_gets_one_line(argv, message, tmp_path, data_dir, capsys):
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
-    assert not any(tmp_path.glob("*/level_*/final.pt"))
+    assert not any(tmp_path.iterdir()), "a refused run must leave nothing on disk"
 
 
 def test_nan_loss_exits_with_the_step(tmp_path, data_dir, capsys):

@@ -69,3 +69,26 @@ def test_nan_loss_stops_names_the_step_and_keeps_last_good_state(data_dir, tmp_p
     assert "\n" not in str(info.value)
     for line in log.path.read_text().splitlines():
         json.loads(line)  # the log stays valid JSON lines (NaN written as null)
+
+
+def test_nan_mid_run_keeps_the_last_good_state(data_dir, tmp_path):
+    cfg = tiny_config(train_for="5ep")
+    data = load_dataset(cfg.dataset)
+    model = build_model("mnist1d_mlp", 10, data.input_shape, seed=0)
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):  # the 25th training forward pass returns NaN
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == 25:
+                return output * float("nan")
+        return output
+
+    model.register_forward_hook(poison)
+    state = tmp_path / "state.pt"
+    with pytest.raises(UserError, match=r"at iteration 25 \(epoch 2.50\).*last good resume state") as info:
+        train(model, data, cfg.training, state_path=state, progress=False)
+    assert str(state) in str(info.value)
+    saved = torch.load(state, weights_only=True)
+    assert saved["iteration"] == 20  # the epoch boundary before the bad step
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())

@@ -117,3 +117,40 @@ def test_same_seed_same_run_on_cpu(data_dir, tmp_path):
     assert all(torch.equal(fa[k][n], fb[k][n]) for k in fa for n in fa[k])
     c = run_imp(tiny_config(seed=1), levels=1, out=tmp_path / "c", progress=False)
     assert c.dir.name != a.dir.name
+
+
+def test_sigkill_mid_level_then_resume_matches(data_dir, tmp_path):
+    """A real kill -9 of the command line while level 1 trains, then the same command again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = [sys.executable, "-m", "training", "imp", "--data-dir", data_dir, "--model", "mnist1d_mlp",
+            "--mnist1d-samples", "500", "--batch-size", "20", "--train-for", "30ep", "--levels", "2",
+            "--rewind", "1ep", "--no-progress", "--threads", "1"]
+    subprocess.run(argv + ["--out", str(tmp_path / "a")], check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(argv + ["--out", str(tmp_path / "b")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 240
+    state = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "b").glob("imp-*/level_1/state.pt"))
+        if found:
+            state = found[0]
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if state is None:
+        pytest.skip("the run finished before it could be killed")
+    assert not (state.parent / "final.pt").exists()
+    subprocess.run(argv + ["--out", str(tmp_path / "b")], check=True, capture_output=True, timeout=300)
+    (a_dir,) = (tmp_path / "a").glob("imp-*")
+    (b_dir,) = (tmp_path / "b").glob("imp-*")
+    a, b = _all_files(a_dir), _all_files(b_dir)
+    assert all(torch.equal(a[k][n], b[k][n]) for k in a for n in a[k])
+    assert not (b_dir / "level_1" / "state.pt").exists()
+    assert not list(b_dir.rglob(".*.tmp"))  # no temporary file survives

@@ -60,7 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="plain dense training (a level-0 run)",
                            description="Train the dense network once and save checkpoints at the given steps.",
                            epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--save-at", default="", help="extra checkpoints, e.g. '0,500it,2ep' (saved as level_0/step_T.pt)")
+    train.add_argument("--save-at", default="", help="extra checkpoints, e.g. '0,500it,2ep' (saved as level_0/step_<iteration>.pt)")
     _common(train)
     add_flags(train, ["dataset", "model", "training"])
 

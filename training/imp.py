@@ -33,14 +33,17 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
         raise UserError(f"--levels must be at least 1, got {levels}")
     pruning = config.pruning or PruningHparams()
     config.pruning = pruning
-    run = Run(config, "imp", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end)
+
+    def check_pruning(model) -> None:  # fail now, not after level 0 has trained
+        prune(dict(model.named_parameters()), dense_mask(model), pruning.fraction, score=pruning.score,
+              scope=pruning.scope, output_name=output_name(model), output_fraction=pruning.output_fraction,
+              layer_fractions=pruning.layer_fractions)
+
+    run = Run(config, "imp", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end,
+              validate=check_pruning)
     k = run.rewind_iteration
     reference = run.new_model()
     out_layer = output_name(reference)
-    # Validate the pruning settings before any training, not after level 0.
-    prune(dict(reference.named_parameters()), dense_mask(reference), pruning.fraction, score=pruning.score,
-          scope=pruning.scope, output_name=out_layer, output_fraction=pruning.output_fraction,
-          layer_fractions=pruning.layer_fractions)
 
     for level in range(levels):
         if run.level_done(level):
@@ -57,7 +60,8 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
         mask = run.mask_for(level, make_mask)
         model = run.new_model()
         if level == 0:
-            run.save(model, mask, 0, level, "init")
+            if not (run.level_dir(0) / "init.pt").exists():
+                run.save(model, mask, 0, level, "init")
 
             def keep_rewind(t: int, model=model, mask=mask) -> None:
                 run.save(model, mask, t, 0, "rewind")

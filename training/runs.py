@@ -73,6 +73,7 @@ class Run:
     progress: bool = True
     extra_identity: tuple[str, ...] = ()
     on_epoch_end: Optional[Callable[[int], None]] = None
+    validate: Optional[Callable[[nn.Module], None]] = None
     data: Dataset = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,11 @@ class Run:
         self.iterations_per_epoch = -(-len(self.data.train) // max(1, hp.batch_size))
         rewind = self.config.pruning.rewind if self.config.pruning else "0"
         self.total, self.rewind_iteration, _ = check_lengths(hp, self.iterations_per_epoch, rewind)
+        # everything that can be checked is checked before the run folder exists
+        reference = build_model(self.config.model.model, self.data.num_classes, self.data.input_shape,
+                                self.config.training.seed)
+        if self.validate is not None:
+            self.validate(reference)
         self.log = MetricsLog(self.dir / "metrics.jsonl")
         self.dir.mkdir(parents=True, exist_ok=True)
         ckpt_io.atomic_write_text(self.dir / "config.json", dumps(
