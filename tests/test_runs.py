@@ -56,7 +56,11 @@ def _all_files(run_dir):
     return out
 
 
-def test_killed_run_resumes_bit_identically(data_dir, tmp_path):
+# Epoch-boundary callbacks: level 0 has 3 (iterations 10, 20, 30 of 40); levels 1 and 2 start at
+# the rewind point (iteration 10) and have 2 each. Killing at call 2 stops level 0 midway, at 5
+# level 1 midway, at 7 level 2 midway (after level 1 finished).
+@pytest.mark.parametrize("kill_at", [2, 5, 7])
+def test_killed_run_resumes_bit_identically(data_dir, tmp_path, kill_at):
     cfg = tiny_config(train_for="4ep")
     cfg.pruning.rewind = "1ep"
     reference = run_imp(cfg, levels=3, out=tmp_path / "a", progress=False)
@@ -65,14 +69,15 @@ def test_killed_run_resumes_bit_identically(data_dir, tmp_path):
 
     def kill_in_level_1(epoch):
         epochs_seen.append(epoch)
-        if len(epochs_seen) == 5:  # level 0 ends 3 epoch boundaries; level 1 starts at epoch 1
+        if len(epochs_seen) == kill_at:
             raise Killed
 
     with pytest.raises(Killed):
         run_imp(_with_rewind(tiny_config(train_for="4ep"), "1ep"), levels=3, out=tmp_path / "b", progress=False,
                 on_epoch_end=kill_in_level_1)
-    resumed_dir = tmp_path / "b" / reference.dir.name
-    assert (resumed_dir / "level_1" / "state.pt").exists() and not (resumed_dir / "level_1" / "final.pt").exists()
+    killed_level = {2: 0, 5: 1, 7: 2}[kill_at]
+    level_dir = tmp_path / "b" / reference.dir.name / f"level_{killed_level}"
+    assert (level_dir / "state.pt").exists() and not (level_dir / "final.pt").exists()
     resumed = run_imp(_with_rewind(tiny_config(train_for="4ep"), "1ep"), levels=3, out=tmp_path / "b",
                       progress=False)
     assert resumed.dir.name == reference.dir.name
