@@ -5,7 +5,8 @@ import torch
 from hypothesis import settings
 
 settings.register_profile("default", deadline=None, max_examples=50)
-settings.load_profile("default")
+settings.register_profile("thorough", deadline=None, max_examples=1000)  # HYPOTHESIS_PROFILE=thorough
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from training.hparams import Config, DatasetHparams, ModelHparams, PruningHparams, TrainingHparams  # noqa: E402
