@@ -1,4 +1,10 @@
-"""Numerical checks of lottery-ticket theory (subset sum, strong-LTH constructions).
+"""Numerical checks of lottery-ticket theory (seed 001, Part II); needs numpy, scipy, numba and
+matplotlib, not torch.
 
-Nothing is implemented here yet; see the open issues.
+- ``theory.subset_sum``: exact numba kernels ``best_subset``, ``covers``, ``worst_case_error``.
+- ``theory.lueker``: Lueker's Theorem 2.4 by simulation (failure rates, the constant C, n needed).
+- ``theory.strong_lth``: single-product, linear-diamond and ReLU-diamond constructions for a
+  weight, a layer and a network (up to Pensia et al.'s 784-500-10 scale).
+
+Command line: ``python -m theory {lueker,diamond,network}`` writes JSON and a PNG.
 """
