@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -75,12 +76,15 @@ def safe_load(path: Path, what: str = "checkpoint") -> Any:
         raise UserError(f"{what} {path} does not exist")
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give the path of a .pt file inside it")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise UserError(f"{path} is corrupt or truncated and cannot be read as a {what} (not a torch.save archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"{path} holds pickled objects that are not plain tensors or values; refusing to "
-                        f"load it ({first[:160]})") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        culprit = f" ({found.group(1)})" if found else ""
+        raise UserError(f"{path} holds pickled objects that are not plain tensors or values{culprit}; "
+                        "refusing to load it") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise UserError(f"{path} is corrupt or truncated and cannot be read as a {what} "
                         f"({type(exc).__name__})") from None
