@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from training.checkpoint import atomic_write_text, model_from_checkpoint, read_checkpoint
+from training.checkpoint import atomic_write_text, masked_weights_are_zero, model_from_checkpoint, read_checkpoint
 from training.data import Dataset, Split, check_dataset_name, load_dataset
 from training.errors import UserError
 from training.hparams import DatasetHparams
@@ -102,7 +102,8 @@ def analyze(path: str | Path, settings: Settings = Settings(), data_dir: Optiona
     device = resolve_device(settings.device)
     model = model_from_checkpoint(ckpt, path)
     mask = ckpt["mask"]
-    apply_mask(model, mask)  # the masked point W * M, where seed 000 takes its spectra
+    if masked_weights_are_zero(ckpt):
+        apply_mask(model, mask)  # the masked point W * M, where seed 000 takes its spectra
     data = _dataset_for(ckpt, path, dataset, data_dir).to(device)
     model.to(device)
     batches = hessian_batches(data.train, settings.samples, settings.batch_size, settings.seed)
@@ -166,7 +167,8 @@ def pyhessian_crosscheck(path: str | Path, settings: Settings, data_dir: Optiona
     ckpt = read_checkpoint(path)
     device = resolve_device(settings.device)
     model = model_from_checkpoint(ckpt, path)
-    apply_mask(model, ckpt["mask"])
+    if masked_weights_are_zero(ckpt):
+        apply_mask(model, ckpt["mask"])
     data = _dataset_for(ckpt, path, dataset, data_dir).to(device)
     model.to(device)
     batches = hessian_batches(data.train, settings.samples, settings.batch_size, settings.seed)

@@ -5,5 +5,6 @@ Programmatic entry points::
 
     from training.hparams import Config
     from training.imp import run_imp, run_train
+    from training.rise import run_rise         # RISE-R (seed 000 Alg. 3)
     from training.checkpoint import load      # checkpoint -> ready model, mask and dataset
 """

@@ -43,19 +43,33 @@ def make_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="Lottery-ticket experiments: iterative magnitude pruning with rewinding, dense training.")
-    sub = parser.add_subparsers(dest="command", metavar="{imp,train,list}")
+        description="Lottery-ticket experiments: IMP / I-LOT-R with rewinding, RISE-R, dense training.")
+    sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,train,list}")
 
-    imp = sub.add_parser("imp", help="iterative magnitude pruning with rewinding (seed 000 Alg. 1/2)",
+    imp = sub.add_parser("imp", aliases=["lot"],
+                         help="iterative magnitude pruning with rewinding; `lot` is seed 000's I-LOT-R (Alg. 1/2)",
                          description="Train, prune a fraction of the remaining weights, rewind the survivors to "
-                                     "step k, repeat. Writes a run folder with a checkpoint per level.",
+                                     "step k, repeat. Writes a run folder with a checkpoint per level. As `lot`: "
+                                     "I-LOT-R with -R (percent kept per iteration), -I (iterations), -k (warm-up).",
                          epilog=EPILOG_IMP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    imp.add_argument("--levels", type=int, default=5,
+    imp.add_argument("-I", "--levels", type=int, default=5,
                      help="number of trained networks: level 0 is dense, each later level is pruned (default: 5)")
-    imp.add_argument("--keep", type=float, metavar="R",
+    imp.add_argument("-R", "--keep", type=float, metavar="R",
                      help="keep R%% of the remaining weights per level (seed 000's R); same as --fraction 1-R/100")
     _common(imp)
     add_flags(imp, ["dataset", "model", "training", "pruning"])
+
+    rise = sub.add_parser("rise", help="RISE-R (seed 000 Alg. 3): retrain from W^k, non-kept weights frozen at W^k",
+                          description="Train dense, keep R%% of the weights by magnitude, then train from W^k "
+                                      "updating only the kept weights while the others stay frozen at their W^k "
+                                      "values (seed 000 eq. 2).",
+                          epilog="examples:\n  python -m training rise -R 10 -k 2ep\n"
+                                 "  python -m training rise --preset resnet32_cifar10 -R 25 -k 5ep --device cuda",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    rise.add_argument("-R", "--keep", type=float, default=20.0, metavar="R",
+                      help="percent of the weights kept and trained (default: 20)")
+    _common(rise)
+    add_flags(rise, ["dataset", "model", "training", "pruning"])
 
     train = sub.add_parser("train", help="plain dense training (a level-0 run)",
                            description="Train the dense network once and save checkpoints at the given steps.",
@@ -98,18 +112,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             if args.threads < 1:
                 raise UserError(f"--threads must be at least 1, got {args.threads}")
             torch.set_num_threads(args.threads)
-        if command == "imp":
-            from .imp import run_imp
-
+        if command in ("imp", "lot", "rise"):
             if args.keep is not None:
                 if "fraction" in vars(args):
-                    raise UserError("give either --keep or --fraction, not both")
+                    raise UserError("give either --keep (R) or --fraction, not both")
                 if not 0 < args.keep < 100:
-                    raise UserError(f"--keep is a percentage in (0, 100), got {args.keep}")
+                    raise UserError(f"--keep (R) is a percentage in (0, 100), got {args.keep}")
                 args.fraction = 1 - args.keep / 100
             config = build_config(args, ["dataset", "model", "training", "pruning"], args.preset)
-            run_imp(config, args.levels, out=args.out, data_dir=args.data_dir, device=args.device,
-                    progress=not args.no_progress)
+            common = dict(out=args.out, data_dir=args.data_dir, device=args.device, progress=not args.no_progress)
+            if command == "rise":
+                from .rise import run_rise
+
+                run_rise(config, **common)
+            else:
+                from .imp import run_imp
+
+                run_imp(config, args.levels, **common)
         else:
             from .imp import run_train
 

@@ -9,7 +9,10 @@ A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` reads:
     state_dict    the model's state dict (CPU tensors)
     mask          {parameter name: bool tensor} or None for a dense model
     step          {"iteration", "epoch", "iterations_per_epoch"}
-    meta          {"run_hash", "algorithm", "level", "seed", "density", "kind", ...}
+    meta          {"run_hash", "algorithm", "level", "seed", "density", "kind", "masked_weights", ...}
+
+``meta["masked_weights"]`` says what the weights outside the mask hold: ``"zero"`` (pruned) or
+``"frozen"`` (RISE, seed 000 eq. 2: trained only inside the mask, the rest kept at W^k).
 
 ``load(path)`` turns one back into a ready model and its dataset, so an analysis tool needs no
 other argument.
@@ -144,6 +147,11 @@ def model_from_checkpoint(ckpt: dict, path: Path | str = "checkpoint") -> nn.Mod
     return model
 
 
+def masked_weights_are_zero(ckpt: dict) -> bool:
+    """False for RISE checkpoints, whose weights outside the mask are frozen, not zero."""
+    return ckpt["meta"].get("masked_weights", "zero") == "zero"
+
+
 def load(path: Path | str, device: str | torch.device = "cpu", data_dir: Optional[str] = None,
          with_data: bool = True) -> Loaded:
     """Return the checkpoint at ``path`` as a ready model (eval mode, on ``device``), its mask and
@@ -152,7 +160,8 @@ def load(path: Path | str, device: str | torch.device = "cpu", data_dir: Optiona
     ckpt = read_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
     mask = ckpt["mask"]
-    apply_mask(model, mask)
+    if masked_weights_are_zero(ckpt):
+        apply_mask(model, mask)
     model.to(device).eval()
     dataset = None
     if with_data:

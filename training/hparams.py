@@ -142,6 +142,9 @@ def _parse_optional_bool(text: str) -> Optional[bool]:
     raise argparse.ArgumentTypeError(f"expected true, false or auto, got {text!r}")
 
 
+SHORT_FLAGS = {"rewind": "-k"}  # seed 000 writes the rewind point as k
+
+
 def add_flags(parser: argparse.ArgumentParser, section_names: list[str]) -> None:
     """Add one flag per field of the named sections; defaults are left unset (``SUPPRESS``)."""
     for name in section_names:
@@ -162,7 +165,7 @@ def add_flags(parser: argparse.ArgumentParser, section_names: list[str]) -> None
                 kwargs["type"] = base
                 if f.metadata.get("choices"):
                     kwargs["choices"] = f.metadata["choices"]
-            group.add_argument(_flag(f.name), **kwargs)
+            group.add_argument(*([SHORT_FLAGS[f.name]] if f.name in SHORT_FLAGS else []), _flag(f.name), **kwargs)
 
 
 def build_config(

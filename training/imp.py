@@ -60,13 +60,7 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
         mask = run.mask_for(level, make_mask)
         model = run.new_model()
         if level == 0:
-            if not (run.level_dir(0) / "init.pt").exists():
-                run.save(model, mask, 0, level, "init")
-
-            def keep_rewind(t: int, model=model, mask=mask) -> None:
-                run.save(model, mask, t, 0, "rewind")
-
-            run.train_level(level, model, mask, start=0, save_points={k}, on_save=keep_rewind)
+            train_level_zero(run, model, mask)
         else:
             apply_mask(model, mask)
             if not (run.level_dir(level) / "init.pt").exists():
@@ -81,6 +75,17 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
     if progress:
         run.print_summary(entries)
     return run
+
+
+def train_level_zero(run: Run, model, mask) -> None:
+    """Level 0 of a lottery run: dense training from W^0 to T, keeping W^k as ``rewind.pt``."""
+    if not (run.level_dir(0) / "init.pt").exists():
+        run.save(model, mask, 0, 0, "init")
+
+    def keep_rewind(t: int) -> None:
+        run.save(model, mask, t, 0, "rewind")
+
+    run.train_level(0, model, mask, start=0, save_points={run.rewind_iteration}, on_save=keep_rewind)
 
 
 def run_train(config: Config, save_at: str = "", *, out: str | Path = "runs", data_dir: Optional[str] = None,

@@ -123,10 +123,12 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
           mask: Optional[Mask] = None, log: Optional[MetricsLog] = None, level: int = 0,
           save_points: Iterable[int] = (), on_save: Optional[Callable[[int], None]] = None,
           state_path: Optional[Path] = None, progress: bool = True,
-          on_epoch_end: Optional[Callable[[int], None]] = None) -> dict:
+          on_epoch_end: Optional[Callable[[int], None]] = None,
+          frozen: Optional[dict[str, torch.Tensor]] = None) -> dict:
     """Train ``model`` (already on the data's device) from iteration ``start`` to ``end``.
 
-    Pruned weights (``mask``) stay exactly zero. ``on_save(t)`` runs after iteration ``t`` for each
+    Pruned weights (``mask``) stay exactly zero, or at ``frozen``'s values if given (RISE).
+    ``on_save(t)`` runs after iteration ``t`` for each
     ``t`` in ``save_points``. With ``state_path``, a resume state is written at every epoch
     boundary and, if present, training continues from it. Returns the final metrics.
     """
@@ -136,7 +138,7 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     end = total if end is None else end
     schedule = Schedule.build(hp, ipe)
     optimizer = make_optimizer(model, hp)
-    enforce = MaskEnforcer(model, mask)
+    enforce = MaskEnforcer(model, mask, frozen)
     enforce()
     save_points = set(save_points)
 

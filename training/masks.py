@@ -83,20 +83,36 @@ def apply_mask(model: nn.Module, mask: Optional[Mask]) -> None:
 
 
 class MaskEnforcer:
-    """Keeps pruned weights at exactly zero after every optimizer step (seed 000, eq. 1).
+    """Holds the pruned weights at fixed values after every optimizer step.
 
-    Zeroing the weights after the step is exact for element-wise optimizers (SGD with momentum
-    and weight decay, Adam): a pruned weight is zero in every forward pass, so its gradient, its
-    momentum and its decay never reach a kept weight. One fused multiply per step.
+    Without ``frozen``, pruned weights are held at exactly zero (seed 000, eq. 1). Zeroing after
+    the step is exact for element-wise optimizers (SGD with momentum and weight decay, Adam): a
+    pruned weight is zero in every forward pass, so its gradient, its momentum and its decay never
+    reach a kept weight. One fused multiply per step.
+
+    With ``frozen`` (parameter name -> values, e.g. W^k), pruned weights are reset to those values
+    after every step (RISE, seed 000 eq. 2): bit-identical, whatever the optimizer did to them.
     """
 
-    def __init__(self, model: nn.Module, mask: Optional[Mask]):
+    def __init__(self, model: nn.Module, mask: Optional[Mask], frozen: Optional[dict[str, torch.Tensor]] = None):
         params = dict(model.named_parameters())
         names = [n for n, m in (mask or {}).items() if not bool(m.all())]
         self.params = [params[n] for n in names]
-        self.factors = [mask[n].to(params[n].device, params[n].dtype) for n in names]  # type: ignore[index]
+        self.keep = [mask[n].to(params[n].device) for n in names]  # type: ignore[index]
+        self.frozen = None
+        if frozen is not None:
+            missing = [n for n in names if n not in frozen]
+            if missing:
+                raise UserError(f"frozen values missing for {', '.join(missing)}")
+            self.frozen = [frozen[n].to(params[n].device, params[n].dtype) for n in names]
+        self.factors = [k.to(p.dtype) for k, p in zip(self.keep, self.params)]
 
     def __call__(self) -> None:
-        if self.params:
-            with torch.no_grad():
+        if not self.params:
+            return
+        with torch.no_grad():
+            if self.frozen is None:
                 torch._foreach_mul_(self.params, self.factors)
+            else:
+                for p, keep, value in zip(self.params, self.keep, self.frozen):
+                    p.copy_(torch.where(keep, p, value))

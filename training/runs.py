@@ -29,6 +29,7 @@ from . import checkpoint as ckpt_io
 from .data import Dataset, load_dataset
 from .errors import UserError
 from .hparams import Config, dumps
+from .cost import training_cost
 from .loop import check_lengths, train
 from .masks import Mask, check_mask, count
 from .metrics_log import MetricsLog
@@ -108,10 +109,14 @@ class Run:
 
     def save(self, model: nn.Module, mask: Optional[Mask], iteration: int, level: int, kind: str,
              extra: Optional[dict] = None) -> Path:
-        """Write checkpoint ``level_L/KIND.pt`` of ``model`` at ``iteration``; return its path."""
+        """Write checkpoint ``level_L/KIND.pt`` of ``model`` at ``iteration``; return its path.
+
+        ``extra["masked_weights"]`` says what the weights outside the mask hold: ``"zero"``
+        (pruned, the default) or ``"frozen"`` (RISE: kept at their W^k values)."""
         path = self.level_dir(level) / f"{kind}.pt"
         meta = {"run_hash": self.hash, "algorithm": self.algorithm, "level": level, "kind": kind,
-                "seed": self.config.training.seed, "config": self.config.to_dict(), **(extra or {})}
+                "seed": self.config.training.seed, "config": self.config.to_dict(), "masked_weights": "zero",
+                **(extra or {})}
         ckpt_io.atomic_save(ckpt_io.make_checkpoint(
             model, model_name=self.config.model.model, num_classes=self.data.num_classes,
             input_shape=self.data.input_shape, seed=self.config.training.seed, dataset=self.config.dataset,
@@ -137,17 +142,24 @@ class Run:
     # --- training a level -------------------------------------------------------------------
 
     def train_level(self, level: int, model: nn.Module, mask: Optional[Mask], start: int,
-                    save_points: Iterable[int] = (), on_save: Optional[Callable[[int], None]] = None) -> dict:
+                    save_points: Iterable[int] = (), on_save: Optional[Callable[[int], None]] = None,
+                    frozen: Optional[dict[str, torch.Tensor]] = None) -> dict:
         """Train ``model`` from ``start`` to the end, resuming from ``level_L/state.pt`` if present;
-        write ``final.pt`` and return its metrics."""
+        write ``final.pt`` and return its metrics.
+
+        Weights outside ``mask`` are held at zero, or at ``frozen``'s values (RISE)."""
         if mask is not None:
             check_mask(mask, model)
         state = self.level_dir(level) / "state.pt"
         metrics = train(model, self.data, self.config.training, start=start, end=self.total, mask=mask,
                         log=self.log, level=level, save_points=save_points, on_save=on_save, state_path=state,
-                        progress=self.progress, on_epoch_end=self.on_epoch_end)
+                        progress=self.progress, on_epoch_end=self.on_epoch_end, frozen=frozen)
         results = {k: v for k, v in metrics.items() if k.startswith(("test_", "val_", "train_"))}
-        self.save(model, mask, self.total, level, "final", {"results": results})
+        cost = training_cost(model, self.data.input_shape, mask, start, self.total, len(self.data.train),
+                             self.config.training.batch_size)
+        self.save(model, mask, self.total, level, "final",
+                  {"results": results, "backprop_macs": cost, "start_iteration": start,
+                   "masked_weights": "zero" if frozen is None else "frozen"})
         if state.exists():
             os.unlink(state)
         return metrics
@@ -163,9 +175,12 @@ class Run:
             rel = lambda kind: f"level_{level}/{kind}.pt"  # noqa: E731
             kinds = ["mask", "init", "rewind", "final"] + sorted(
                 p.stem for p in self.level_dir(level).glob("step_*.pt"))
+            macs = final["meta"].get("backprop_macs", {}).get("total")
+            cumulative = (entries[-1]["cumulative_backprop_macs"] if entries else 0.0) + (macs or 0.0)
             entries.append({
                 "level": level, "density": final["meta"]["density"], "weights_kept": kept,
                 "weights_prunable": total, **final["meta"].get("results", {}),
+                "backprop_macs": macs, "cumulative_backprop_macs": cumulative,
                 "checkpoints": {k: rel(k) for k in kinds if (self.level_dir(level) / f"{k}.pt").exists()},
             })
             level += 1
@@ -176,7 +191,8 @@ class Run:
         ckpt_io.atomic_write_text(self.dir / "summary.json", dumps(
             {"run": self.hash, "algorithm": self.algorithm, "folder": str(self.dir), "levels": entries}))
         columns = ["level", "density", "weights_kept", "weights_prunable", "test_accuracy", "test_loss",
-                   "val_accuracy", "val_loss", "train_accuracy", "train_loss"]
+                   "val_accuracy", "val_loss", "train_accuracy", "train_loss", "backprop_macs",
+                   "cumulative_backprop_macs"]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
         writer.writeheader()
@@ -187,11 +203,11 @@ class Run:
     def print_summary(self, entries: list[dict]) -> None:
         has_val = any("val_accuracy" in e for e in entries)
         head = f"{'level':>5}  {'density':>8}  {'test acc':>8}" + (f"  {'val acc':>8}" if has_val else "")
-        print(head)
+        print(head + f"  {'backprop MACs (cumulative)':>26}")
         for e in entries:
             line = f"{e['level']:>5}  {100 * e['density']:>7.2f}%  {100 * e['test_accuracy']:>7.2f}%"
             if has_val:
                 line += f"  {100 * e.get('val_accuracy', float('nan')):>7.2f}%"
-            print(line)
+            print(line + f"  {e['cumulative_backprop_macs']:>26.3e}")
         print(f"run folder: {self.dir}")
 

@@ -1,0 +1,60 @@
+"""RISE-R, "the rise of the lottery heroes" (seed 000, Alg. 3 and eq. 2).
+
+Level 0 trains the dense network from W^0 to T, passing through W^k (the k-iteration warm-up of
+Alg. 2 and the dense training that finds the mask are this one run). The mask keeps R% of the
+weights by magnitude (one shot, on level 0's trained weights). Level 1 trains from W^k again,
+updating only the kept weights; every other weight stays at its value in W^k, bit for bit, after
+every step (eq. 2). Unlike LOT, nothing is projected to zero.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from .hparams import Config, PruningHparams
+from .imp import train_level_zero
+from .masks import dense_mask, output_name
+from .pruning import prune
+from .runs import Run, resolve_device
+from .seeding import derive_seed
+
+
+def run_rise(config: Config, *, out: str | Path = "runs", data_dir: Optional[str] = None, device: str = "auto",
+             progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None) -> Run:
+    """Run (or resume) RISE-R with R = 1 - ``config.pruning.fraction``; return the run."""
+    pruning = config.pruning or PruningHparams()
+    config.pruning = pruning
+
+    def check(model) -> None:
+        prune(dict(model.named_parameters()), dense_mask(model), pruning.fraction, score=pruning.score,
+              scope=pruning.scope, output_name=output_name(model), output_fraction=pruning.output_fraction,
+              layer_fractions=pruning.layer_fractions)
+
+    run = Run(config, "rise", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end,
+              validate=check)
+    reference = run.new_model()
+    if not run.level_done(0):
+        train_level_zero(run, run.new_model(), run.mask_for(0, lambda: dense_mask(reference)))
+    if not run.level_done(1):
+        def make_mask():
+            return prune(run.load_state(0, "final"), dense_mask(reference), pruning.fraction, score=pruning.score,
+                         scope=pruning.scope, output_name=output_name(reference),
+                         output_fraction=pruning.output_fraction, layer_fractions=pruning.layer_fractions,
+                         seed=derive_seed(config.training.seed, "prune", 1))
+
+        mask = run.mask_for(1, make_mask)
+        w_k = run.load_state(0, "rewind")
+        frozen = {name: w_k[name] for name in mask}
+        model = run.new_model()
+        extra = {"masked_weights": "frozen"}
+        if not (run.level_dir(1) / "init.pt").exists():
+            run.save(model, mask, 0, 1, "init", extra)
+        model.load_state_dict(w_k)
+        if not (run.level_dir(1) / "rewind.pt").exists():
+            run.save(model, mask, run.rewind_iteration, 1, "rewind", extra)
+        run.train_level(1, model, mask, start=run.rewind_iteration, frozen=frozen)
+    entries = run.write_summary()
+    if progress:
+        run.print_summary(entries)
+    return run
+
