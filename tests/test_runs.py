@@ -159,3 +159,38 @@ def test_sigkill_mid_level_then_resume_matches(data_dir, tmp_path):
     assert all(torch.equal(a[k][n], b[k][n]) for k in a for n in a[k])
     assert not (b_dir / "level_1" / "state.pt").exists()
     assert not list(b_dir.rglob(".*.tmp"))  # no temporary file survives
+
+
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+def test_one_shot_and_iterative_reach_the_same_count(data_dir, tmp_path, scope):
+    def config():
+        cfg = tiny_config(train_for="2ep")
+        cfg.pruning.target_density, cfg.pruning.scope = 0.1, scope
+        return cfg
+
+    one_shot = run_imp(config(), levels=2, out=tmp_path, progress=False)
+    iterative = run_imp(config(), levels=4, out=tmp_path, progress=False)
+    assert one_shot.dir != iterative.dir
+    final_a = load_mask(one_shot.dir / "level_1" / "mask.pt")
+    final_b = load_mask(iterative.dir / "level_3" / "mask.pt")
+    for name in final_a:  # per layer when layer-wise, in total when global
+        if scope == "layerwise":
+            assert int(final_a[name].sum()) == int(final_b[name].sum()) == int(0.1 * final_a[name].numel() + 0.5)
+    total = sum(m.numel() for m in final_a.values())
+    kept_a = sum(int(m.sum()) for m in final_a.values())
+    assert kept_a == sum(int(m.sum()) for m in final_b.values())
+    if scope == "global":
+        assert kept_a == int(0.1 * total + 0.5)
+        for level in (1, 2):  # the iterative schedule keeps D^(L/n)
+            m = load_mask(iterative.dir / f"level_{level}" / "mask.pt")
+            assert sum(int(v.sum()) for v in m.values()) == int(0.1 ** (level / 3) * total + 0.5)
+
+
+def test_target_density_rejects_per_layer_rates(data_dir, tmp_path):
+    from training.errors import UserError
+
+    cfg = tiny_config()
+    cfg.pruning.target_density, cfg.pruning.output_fraction = 0.1, 0.05
+    with pytest.raises(UserError, match="drop --output-fraction"):
+        run_imp(cfg, levels=3, out=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())

@@ -44,7 +44,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="Lottery-ticket experiments: IMP / I-LOT-R with rewinding, RISE-R, dense training.")
-    sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,train,list}")
+    sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,train,control,list}")
 
     imp = sub.add_parser("imp", aliases=["lot"],
                          help="iterative magnitude pruning with rewinding; `lot` is seed 000's I-LOT-R (Alg. 1/2)",
@@ -77,6 +77,21 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-at", default="", help="extra checkpoints, e.g. '0,500it,2ep' (saved as level_0/step_<iteration>.pt)")
     _common(train)
     add_flags(train, ["dataset", "model", "training"])
+
+    control = sub.add_parser("control", help="a control on an IMP run's ticket: reinit, random-prune, reshuffle, ...",
+                             description="Train a control on level L of a finished IMP/LOT run (seed 002, "
+                                         "Liu et al., Zhou et al.); the branch lives in RUN/branches/.",
+                             epilog="controls: reinit, scratch-e, scratch-b, random-prune, reshuffle, signed-constant\n"
+                                    "example:\n  python -m training control reinit runs/imp-f6ec9936304d --level 4",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    control.add_argument("name", help="which control (see below)")
+    control.add_argument("run", help="the IMP run folder")
+    control.add_argument("--level", type=int, required=True, help="which level's mask")
+    control.add_argument("--seed", type=int, help="seed of the control's randomness (default: run seed + 1)")
+    control.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
+    control.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    control.add_argument("--threads", type=int, help="CPU threads for torch")
+    control.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
 
     sub.add_parser("list", help="list models, datasets and presets")
     return parser
@@ -112,6 +127,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             if args.threads < 1:
                 raise UserError(f"--threads must be at least 1, got {args.threads}")
             torch.set_num_threads(args.threads)
+        if command == "control":
+            from .controls import run_control
+
+            run_control(args.run, args.name, args.level, args.seed, data_dir=args.data_dir, device=args.device,
+                        progress=not args.no_progress)
+            return 0
         if command in ("imp", "lot", "rise"):
             if args.keep is not None:
                 if "fraction" in vars(args):

@@ -67,6 +67,9 @@ class PruningHparams:
         "", "per-layer rates, e.g. 'features.*=0.15,classifier.*=0.2' (glob on parameter names)"
     )
     rewind: str = _f("0", "rewind survivors to step k: 0 (Frankle & Carbin), '500it' or '2ep'")
+    target_density: Optional[float] = _f(
+        None, "reach this final density over the levels: round L keeps D^(L/n) of each group, n = levels - 1 "
+              "(levels 2: one-shot; more: iterative, seed 002); replaces --fraction")
 
 
 SECTIONS: dict[str, type] = {

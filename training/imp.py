@@ -37,9 +37,15 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
     def check_pruning(model) -> None:  # fail now, not after level 0 has trained
         prune(dict(model.named_parameters()), dense_mask(model), pruning.fraction, score=pruning.score,
               scope=pruning.scope, output_name=output_name(model), output_fraction=pruning.output_fraction,
-              layer_fractions=pruning.layer_fractions)
+              layer_fractions=pruning.layer_fractions, target_density=pruning.target_density)
 
-    run = Run(config, "imp", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end,
+    identity = ()
+    if pruning.target_density is not None:
+        if levels < 2:
+            raise UserError("--target-density needs --levels >= 2 (2 is one-shot pruning)")
+        identity = (f"levels={levels}",)  # the schedule depends on the number of levels
+
+    run = Run(config, "imp", Path(out), resolve_device(device), data_dir, progress, identity, on_epoch_end,
               validate=check_pruning)
     k = run.rewind_iteration
     reference = run.new_model()
@@ -53,9 +59,11 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
             if level == 0:
                 return dense_mask(reference)
             previous = run.mask_for(level - 1, lambda: dense_mask(reference))
+            target = None if pruning.target_density is None else pruning.target_density ** (level / (levels - 1))
             return prune(run.load_state(level - 1, "final"), previous, pruning.fraction, score=pruning.score,
                          scope=pruning.scope, output_name=out_layer, output_fraction=pruning.output_fraction,
-                         layer_fractions=pruning.layer_fractions, seed=derive_seed(config.training.seed, "prune", level))
+                         layer_fractions=pruning.layer_fractions, seed=derive_seed(config.training.seed, "prune", level),
+                         target_density=target)
 
         mask = run.mask_for(level, make_mask)
         model = run.new_model()

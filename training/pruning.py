@@ -108,12 +108,17 @@ def layer_rates(mask: Mask, fraction: float, scope: str, output_name: Optional[s
     return groups
 
 
-def prune_group(scores: Scores, mask: Mask, names: list[str], fraction: float) -> Mask:
-    """Remove ``round(fraction * kept)`` of the kept weights in ``names`` with the lowest scores."""
+def prune_group(scores: Scores, mask: Mask, names: list[str], fraction: float,
+                target_density: Optional[float] = None) -> Mask:
+    """Remove ``round(fraction * kept)`` of the kept weights in ``names`` with the lowest scores,
+    or, with ``target_density``, as many as leave ``round(target_density * size)`` of the group."""
     kept_flat = torch.cat([mask[n].flatten().cpu() for n in names])
     score_flat = torch.cat([scores[n].flatten().cpu().float() for n in names])
     alive = torch.nonzero(kept_flat).flatten()
-    n_remove = int(fraction * len(alive) + 0.5)
+    if target_density is None:
+        n_remove = int(fraction * len(alive) + 0.5)
+    else:
+        n_remove = max(0, len(alive) - int(target_density * len(kept_flat) + 0.5))
     new_flat = kept_flat.clone()
     if n_remove:
         order = torch.argsort(score_flat[alive], stable=True)
@@ -128,12 +133,19 @@ def prune_group(scores: Scores, mask: Mask, names: list[str], fraction: float) -
 
 def prune(weights: dict[str, torch.Tensor], mask: Mask, fraction: float, *, score: str = "magnitude",
           scope: str = "global", output_name: Optional[str] = None, output_fraction: Optional[float] = None,
-          layer_fractions: str = "", seed: int = 0) -> Mask:
+          layer_fractions: str = "", seed: int = 0, target_density: Optional[float] = None) -> Mask:
     """Return a new mask with a ``fraction`` of the kept weights removed (see ``layer_rates``).
 
     ``weights`` maps parameter names to tensors (a ``state_dict`` works). The result is nested
-    in ``mask`` and removes exactly ``round(rate * kept)`` weights from each group.
+    in ``mask`` and removes exactly ``round(rate * kept)`` weights from each group. With
+    ``target_density`` every group is instead cut to ``round(target_density * group size)``
+    weights, so pruning schedules that end at the same density end at the same count.
     """
+    if target_density is not None:
+        check_fraction(target_density, "target density")
+        if output_fraction is not None or layer_fractions:
+            raise UserError("a target density applies to every layer alike; drop --output-fraction and "
+                            "--layer-fractions")
     if score not in SCORES:
         raise UserError(f"unknown pruning score {score!r}; choose one of: {', '.join(SCORES)}")
     missing = [n for n in mask if n not in weights]
@@ -142,5 +154,5 @@ def prune(weights: dict[str, torch.Tensor], mask: Mask, fraction: float, *, scor
     scores = SCORES[score](weights, mask, seed)
     new_mask: Mask = {}
     for names, rate in layer_rates(mask, fraction, scope, output_name, output_fraction, layer_fractions):
-        new_mask.update(prune_group(scores, mask, names, rate))
+        new_mask.update(prune_group(scores, mask, names, rate, target_density))
     return {n: new_mask[n] for n in mask}

@@ -1,0 +1,148 @@
+"""Controls on an existing run's ticket (seed 002; Liu et al.; Zhou et al.), like OpenLTH's branches.
+
+Each control takes level L of a finished IMP run, changes one thing, and trains the result with the
+run's own hyperparameters in ``RUN/branches/CONTROL-HASH/``:
+
+- ``reinit``          same mask, fresh random initialisation (``--seed``), trained from iteration 0.
+- ``scratch-e``       Liu et al.'s Scratch-E: the pruned network from scratch for the same number of
+                      iterations; for an unstructured mask this is ``reinit``'s experiment.
+- ``scratch-b``       Scratch-B: as Scratch-E, trained longer to the dense run's compute budget: the
+                      length (and the schedule's milestones and warm-up) scale by dense MACs / sparse
+                      MACs per example, counting only kept weights in the sparse network.
+- ``random-prune``    a random mask with the same number of weights kept in every layer, from the
+                      run's rewind point W^k.
+- ``reshuffle``       same mask; the surviving values of W^k are permuted within each layer.
+- ``signed-constant`` same mask; each kept weight becomes sign(w) * std(layer) of W^k (Zhou et al.).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .checkpoint import read_checkpoint
+from .cost import layer_macs
+from .data import load_dataset
+from .errors import UserError
+from .hparams import Config
+from .masks import Mask, apply_mask
+from .models import build_model
+from .runs import Run, load_mask, resolve_device
+from .seeding import generator
+from .steps import Step, parse_steps
+
+CONTROLS = ("reinit", "scratch-e", "scratch-b", "random-prune", "reshuffle", "signed-constant")
+
+
+def random_mask_like(mask: Mask, seed: int) -> Mask:
+    """A random mask keeping exactly as many weights as ``mask`` in every layer."""
+    gen = generator(seed, "random-mask")
+    out = {}
+    for name, m in mask.items():
+        flat = torch.zeros(m.numel(), dtype=torch.bool)
+        flat[torch.randperm(m.numel(), generator=gen)[: int(m.sum())]] = True
+        out[name] = flat.reshape(m.shape)
+    return out
+
+
+def reshuffle_kept(state: dict, mask: Mask, seed: int) -> dict:
+    """``state`` with the kept values of each masked layer permuted among the kept positions."""
+    gen = generator(seed, "reshuffle")
+    out = dict(state)
+    for name, m in mask.items():
+        w = state[name].clone()
+        kept = w[m]
+        w[m] = kept[torch.randperm(len(kept), generator=gen)]
+        out[name] = w
+    return out
+
+
+def signed_constants(state: dict, mask: Mask) -> dict:
+    """``state`` with each kept weight replaced by sign(w) * std of its layer (Zhou et al.)."""
+    out = dict(state)
+    for name in mask:
+        w = state[name]
+        out[name] = torch.sign(w) * w.float().std().to(w.dtype)
+    return out
+
+
+def _scale_steps(text: str, factor: float, ipe: int) -> str:
+    return ",".join(f"{int(round(s.iterations(ipe) * factor))}it" for s in parse_steps(text))
+
+
+def sparse_budget_factor(model_name: str, num_classes: int, input_shape: tuple[int, ...], mask: Mask) -> float:
+    """Dense MACs per example / MACs per example counting only the kept weights (Scratch-B)."""
+    model = build_model(model_name, num_classes, input_shape, 0)
+    macs = layer_macs(model, input_shape)
+    first = next(iter(macs))
+    dense = sum(3 * m for m in macs.values()) - macs[first]
+    sparse = sum((3 - (name == first)) * m * int(mask[name].sum()) / mask[name].numel() for name, m in macs.items())
+    return dense / sparse
+
+
+def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[int] = None, *,
+                data_dir: Optional[str] = None, device: str = "auto", progress: bool = True) -> Run:
+    """Train control ``control`` on level ``level`` of the IMP run in ``run_dir``; return the branch run."""
+    if control not in CONTROLS:
+        raise UserError(f"unknown control {control!r}; choose one of: {', '.join(CONTROLS)}")
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise UserError(f"{run_dir} is not a run folder (no config.json)")
+    saved = json.loads(config_path.read_text())
+    if saved.get("algorithm") != "imp":
+        raise UserError(f"controls apply to IMP/LOT runs; {run_dir} is a {saved.get('algorithm')!r} run")
+    mask_path = run_dir / f"level_{level}" / "mask.pt"
+    if not mask_path.exists() or not (run_dir / "level_0" / "rewind.pt").exists():
+        raise UserError(f"{run_dir} has no finished level {level} (missing {mask_path.name} or level_0/rewind.pt)")
+    config = Config.from_dict(saved["config"])
+    seed = config.training.seed + 1 if seed is None else seed
+    mask = load_mask(mask_path)
+    source = saved["hash"]
+    identity = (f"source={source}", f"level={level}", f"seed={seed}")
+    root = run_dir / "branches"
+    dev = resolve_device(device)
+
+    if control == "scratch-b":
+        data = load_dataset(config.dataset, data_dir)
+        ipe = -(-len(data.train) // config.training.batch_size)
+        factor = sparse_budget_factor(config.model.model, data.num_classes, data.input_shape, mask)
+        hp = config.training
+        hp.train_for = f"{int(round(Step.parse(hp.train_for).iterations(ipe) * factor))}it"
+        hp.milestones = _scale_steps(hp.milestones, factor, ipe)
+        hp.warmup = f"{int(round(Step.parse(hp.warmup).iterations(ipe) * factor))}it"
+        identity += (f"factor={factor:.6f}",)
+    run = Run(config, control, root, dev, data_dir, progress, identity)
+    if run.level_done(0):
+        return _finish(run, progress)
+
+    w_k = read_checkpoint(run_dir / "level_0" / "rewind.pt")["state_dict"]
+    start = run.rewind_iteration
+    if control in ("reinit", "scratch-e", "scratch-b"):
+        model = build_model(config.model.model, run.data.num_classes, run.data.input_shape, seed).to(dev)
+        start = 0
+    else:
+        model = run.new_model()
+        if control == "random-prune":
+            mask = random_mask_like(mask, seed)
+            state = w_k
+        elif control == "reshuffle":
+            state = reshuffle_kept(w_k, mask, seed)
+        else:
+            state = signed_constants(w_k, mask)
+        model.load_state_dict(state)
+    mask = {n: m.to(dev) for n, m in mask.items()}
+    apply_mask(model, mask)
+    run.mask_for(0, lambda: mask)
+    run.save(model, mask, start, 0, "init", {"control": control, "source_run": source, "source_level": level})
+    run.train_level(0, model, mask, start=start)
+    return _finish(run, progress)
+
+
+def _finish(run: Run, progress: bool) -> Run:
+    entries = run.write_summary()
+    if progress:
+        run.print_summary(entries)
+    return run
