@@ -44,7 +44,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="Lottery-ticket experiments: IMP / I-LOT-R with rewinding, RISE-R, dense training.")
-    sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,train,control,list}")
+    sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,at-init,train,control,list}")
 
     imp = sub.add_parser("imp", aliases=["lot"],
                          help="iterative magnitude pruning with rewinding; `lot` is seed 000's I-LOT-R (Alg. 1/2)",
@@ -70,6 +70,16 @@ def make_parser() -> argparse.ArgumentParser:
                       help="percent of the weights kept and trained (default: 20)")
     _common(rise)
     add_flags(rise, ["dataset", "model", "training", "pruning"])
+
+    at_init = sub.add_parser("at-init", help="prune at initialisation (SNIP, SynFlow, magnitude, random), then train",
+                             description="Score W^0, prune once to --target-density, train the sparse network "
+                                         "from W^0 (pruning at initialisation, for comparison with IMP tickets).",
+                             epilog="examples:\n  python -m training at-init --score synflow --target-density 0.1\n"
+                                    "  python -m training at-init --score snip --target-density 0.1",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    at_init.add_argument("--keep", type=float, default=None, metavar="R", help="percent of weights kept")
+    _common(at_init)
+    add_flags(at_init, ["dataset", "model", "training", "pruning"])
 
     train = sub.add_parser("train", help="plain dense training (a level-0 run)",
                            description="Train the dense network once and save checkpoints at the given steps.",
@@ -133,7 +143,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             run_control(args.run, args.name, args.level, args.seed, data_dir=args.data_dir, device=args.device,
                         progress=not args.no_progress)
             return 0
-        if command in ("imp", "lot", "rise"):
+        if command in ("imp", "lot", "rise", "at-init"):
             if args.keep is not None:
                 if "fraction" in vars(args):
                     raise UserError("give either --keep (R) or --fraction, not both")
@@ -146,6 +156,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 from .rise import run_rise
 
                 run_rise(config, **common)
+            elif command == "at-init":
+                from .at_init import run_at_init
+
+                run_at_init(config, **common)
             else:
                 from .imp import run_imp
 

@@ -57,7 +57,8 @@ class TrainingHparams:
 
 @dataclass
 class PruningHparams:
-    score: str = _f("magnitude", "pruning score", ["magnitude", "random", "lamp"])
+    score: str = _f("magnitude", "pruning score (snip and synflow score the network itself)",
+                    ["magnitude", "random", "lamp", "snip", "synflow"])
     fraction: float = _f(0.2, "fraction of the remaining prunable weights removed per level, in (0, 1)")
     scope: str = _f("global", "rank scores across all layers or within each layer", ["global", "layerwise"])
     output_fraction: Optional[float] = _f(

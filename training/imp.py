@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from .errors import UserError
 from .hparams import Config, PruningHparams
 from .masks import apply_mask, dense_mask, output_name
-from .pruning import prune
+from .pruning import NETWORK_SCORES, prune_by
 from .runs import Run, resolve_device
 from .seeding import derive_seed
 from .steps import parse_steps
@@ -35,9 +35,9 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
     config.pruning = pruning
 
     def check_pruning(model) -> None:  # fail now, not after level 0 has trained
-        prune(dict(model.named_parameters()), dense_mask(model), pruning.fraction, score=pruning.score,
-              scope=pruning.scope, output_name=output_name(model), output_fraction=pruning.output_fraction,
-              layer_fractions=pruning.layer_fractions, target_density=pruning.target_density)
+        prune_by(pruning, dict(model.named_parameters()), dense_mask(model), output_name(model),
+                 target_density=pruning.target_density,
+                 score="magnitude" if pruning.score in NETWORK_SCORES else None)
 
     identity = ()
     if pruning.target_density is not None:
@@ -60,10 +60,10 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
                 return dense_mask(reference)
             previous = run.mask_for(level - 1, lambda: dense_mask(reference))
             target = None if pruning.target_density is None else pruning.target_density ** (level / (levels - 1))
-            return prune(run.load_state(level - 1, "final"), previous, pruning.fraction, score=pruning.score,
-                         scope=pruning.scope, output_name=out_layer, output_fraction=pruning.output_fraction,
-                         layer_fractions=pruning.layer_fractions, seed=derive_seed(config.training.seed, "prune", level),
-                         target_density=target)
+            trained = run.load_state(level - 1, "final")
+            context = run.score_context(trained) if pruning.score in NETWORK_SCORES else None
+            return prune_by(pruning, trained, previous, out_layer, seed=derive_seed(config.training.seed, "prune", level),
+                            target_density=target, context=context)
 
         mask = run.mask_for(level, make_mask)
         model = run.new_model()

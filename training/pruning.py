@@ -14,7 +14,7 @@ position (layer order, then flat index), so pruning is deterministic.
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
@@ -22,6 +22,10 @@ from .errors import UserError
 from .hparams import check_fraction
 from .masks import Mask
 from .seeding import generator
+
+if TYPE_CHECKING:
+    from .hparams import PruningHparams
+    from .saliency import ScoreContext
 
 Scores = dict[str, torch.Tensor]
 
@@ -56,6 +60,7 @@ SCORES: dict[str, Callable[..., Scores]] = {
     "random": random_scores,
     "lamp": lamp_scores,
 }
+NETWORK_SCORES = ("snip", "synflow")  # need a ScoreContext (training.saliency)
 
 
 def _parse_layer_fractions(text: str) -> list[tuple[str, float]]:
@@ -133,21 +138,26 @@ def prune_group(scores: Scores, mask: Mask, names: list[str], fraction: float,
 
 def prune(weights: dict[str, torch.Tensor], mask: Mask, fraction: float, *, score: str = "magnitude",
           scope: str = "global", output_name: Optional[str] = None, output_fraction: Optional[float] = None,
-          layer_fractions: str = "", seed: int = 0, target_density: Optional[float] = None) -> Mask:
+          layer_fractions: str = "", seed: int = 0, target_density: Optional[float] = None,
+          context: Optional["ScoreContext"] = None) -> Mask:
     """Return a new mask with a ``fraction`` of the kept weights removed (see ``layer_rates``).
 
     ``weights`` maps parameter names to tensors (a ``state_dict`` works). The result is nested
     in ``mask`` and removes exactly ``round(rate * kept)`` weights from each group. With
     ``target_density`` every group is instead cut to ``round(target_density * group size)``
     weights, so pruning schedules that end at the same density end at the same count.
+    ``score="snip"`` or ``"synflow"`` needs ``context`` (the network, and data for SNIP).
     """
+    if score in NETWORK_SCORES:
+        return _prune_with_network(weights, mask, fraction, score, scope, output_name, output_fraction,
+                                   layer_fractions, target_density, context)
     if target_density is not None:
         check_fraction(target_density, "target density")
         if output_fraction is not None or layer_fractions:
             raise UserError("a target density applies to every layer alike; drop --output-fraction and "
                             "--layer-fractions")
     if score not in SCORES:
-        raise UserError(f"unknown pruning score {score!r}; choose one of: {', '.join(SCORES)}")
+        raise UserError(f"unknown pruning score {score!r}; choose one of: {', '.join([*SCORES, *NETWORK_SCORES])}")
     missing = [n for n in mask if n not in weights]
     if missing:
         raise UserError(f"weights for masked layers are missing: {', '.join(missing)}")
@@ -156,3 +166,44 @@ def prune(weights: dict[str, torch.Tensor], mask: Mask, fraction: float, *, scor
     for names, rate in layer_rates(mask, fraction, scope, output_name, output_fraction, layer_fractions):
         new_mask.update(prune_group(scores, mask, names, rate, target_density))
     return {n: new_mask[n] for n in mask}
+
+
+def _prune_with_network(weights, mask, fraction, score, scope, output_name, output_fraction, layer_fractions,
+                        target_density, context) -> Mask:
+    """SNIP in one shot; SynFlow over ``context.synflow_rounds`` rounds, each keeping
+    round(kept0 * d^(r/R)) of every group, d the final density, so the end count is exact."""
+    from .saliency import snip_scores, synflow_scores
+
+    if context is None:
+        raise UserError(f"the {score} score needs the network (and data); it cannot be computed from weights alone")
+    if target_density is not None and (output_fraction is not None or layer_fractions):
+        raise UserError("a target density applies to every layer alike; drop --output-fraction and --layer-fractions")
+    groups = layer_rates(mask, fraction, scope, output_name, output_fraction, layer_fractions)
+    finals = {tuple(names): (1 - rate) for names, rate in groups}
+    start = {tuple(names): sum(int(mask[n].sum()) for n in names) for names, _ in groups}
+    sizes = {tuple(names): sum(mask[n].numel() for n in names) for names, _ in groups}
+    rounds = context.synflow_rounds if score == "synflow" else 1
+    current = dict(mask)
+    for r in range(1, rounds + 1):
+        scores = (snip_scores if score == "snip" else synflow_scores)(current, context)
+        new: Mask = {}
+        for names, _ in groups:
+            key = tuple(names)
+            if target_density is not None:
+                goal = int(target_density ** (r / rounds) * sizes[key] + 0.5)
+            else:
+                goal = int(start[key] * finals[key] ** (r / rounds) + 0.5)
+            alive = sum(int(current[n].sum()) for n in names)
+            remove = (alive - goal) / alive if alive else 0.0
+            new.update(prune_group(scores, current, names, max(remove, 0.0)))
+        current = {n: new[n] for n in mask}
+    return current
+
+
+def prune_by(hp: "PruningHparams", weights: dict[str, torch.Tensor], mask: Mask, output_layer: Optional[str], *,
+             seed: int = 0, target_density: Optional[float] = None, context: Optional["ScoreContext"] = None,
+             score: Optional[str] = None) -> Mask:
+    """``prune`` with the settings of ``hp`` (``score`` overrides ``hp.score``)."""
+    return prune(weights, mask, hp.fraction, score=score or hp.score, scope=hp.scope, output_name=output_layer,
+                 output_fraction=hp.output_fraction, layer_fractions=hp.layer_fractions, seed=seed,
+                 target_density=target_density, context=context)

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from .hparams import Config, PruningHparams
 from .imp import train_level_zero
 from .masks import dense_mask, output_name
-from .pruning import prune
+from .pruning import NETWORK_SCORES, prune_by
 from .runs import Run, resolve_device
 from .seeding import derive_seed
 
@@ -26,9 +26,8 @@ def run_rise(config: Config, *, out: str | Path = "runs", data_dir: Optional[str
     config.pruning = pruning
 
     def check(model) -> None:
-        prune(dict(model.named_parameters()), dense_mask(model), pruning.fraction, score=pruning.score,
-              scope=pruning.scope, output_name=output_name(model), output_fraction=pruning.output_fraction,
-              layer_fractions=pruning.layer_fractions)
+        prune_by(pruning, dict(model.named_parameters()), dense_mask(model), output_name(model),
+                 score="magnitude" if pruning.score in NETWORK_SCORES else None)
 
     run = Run(config, "rise", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end,
               validate=check)
@@ -37,10 +36,10 @@ def run_rise(config: Config, *, out: str | Path = "runs", data_dir: Optional[str
         train_level_zero(run, run.new_model(), run.mask_for(0, lambda: dense_mask(reference)))
     if not run.level_done(1):
         def make_mask():
-            return prune(run.load_state(0, "final"), dense_mask(reference), pruning.fraction, score=pruning.score,
-                         scope=pruning.scope, output_name=output_name(reference),
-                         output_fraction=pruning.output_fraction, layer_fractions=pruning.layer_fractions,
-                         seed=derive_seed(config.training.seed, "prune", 1))
+            trained = run.load_state(0, "final")
+            context = run.score_context(trained) if pruning.score in NETWORK_SCORES else None
+            return prune_by(pruning, trained, dense_mask(reference), output_name(reference),
+                            seed=derive_seed(config.training.seed, "prune", 1), context=context)
 
         mask = run.mask_for(1, make_mask)
         w_k = run.load_state(0, "rewind")

@@ -126,6 +126,23 @@ class Run:
     def load_state(self, level: int, kind: str) -> dict:
         return ckpt_io.read_checkpoint(self.level_dir(level) / f"{kind}.pt")["state_dict"]
 
+    def score_context(self, state: Optional[dict] = None, examples: int = 1024):
+        """The network at ``state`` (W^0 if None) and up to ``examples`` training examples (a fixed
+        seeded choice), for the SNIP and SynFlow scores."""
+        from .saliency import ScoreContext
+        from .seeding import generator
+
+        model = self.new_model()
+        if state is not None:
+            model.load_state_dict(state)
+        n = len(self.data.train)
+        idx = torch.randperm(n, generator=generator(self.config.training.seed, "score-batches"))[: min(n, examples)]
+        idx = idx.to(self.data.train.x.device)
+        size = self.config.training.batch_size
+        batches = [(self.data.train.x[idx[i : i + size]], self.data.train.y[idx[i : i + size]])
+                   for i in range(0, len(idx), size)]
+        return ScoreContext(model, self.data.input_shape, batches)
+
     def level_done(self, level: int) -> bool:
         return (self.level_dir(level) / "final.pt").exists()
 
