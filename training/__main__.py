@@ -44,7 +44,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="Lottery-ticket experiments: IMP / I-LOT-R with rewinding, RISE-R, dense training.")
-    sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,at-init,train,control,list}")
+    sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,ticket-search,at-init,train,control,list}")
 
     imp = sub.add_parser("imp", aliases=["lot"],
                          help="iterative magnitude pruning with rewinding; `lot` is seed 000's I-LOT-R (Alg. 1/2)",
@@ -70,6 +70,19 @@ def make_parser() -> argparse.ArgumentParser:
                       help="percent of the weights kept and trained (default: 20)")
     _common(rise)
     add_flags(rise, ["dataset", "model", "training", "pruning"])
+
+    search = sub.add_parser("ticket-search", help="seed 003's winning-ticket search: LAMP stages over replicate seeds",
+                            description="K stages of train / prune 16%% by LAMP / rewind to the initial weights "
+                                        "(seed 003 Alg. 1), with early stopping on a 10%% validation split, repeated "
+                                        "over --replicates seeds. Any flag overrides those defaults.",
+                            epilog="examples:\n  python -m training ticket-search --replicates 3\n"
+                                   "  python -m training ticket-search --preset resnet32_cifar10 --stages 5 "
+                                   "--replicates 50 --device cuda",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    search.add_argument("--stages", type=int, default=5, help="K, the number of train-prune-rewind stages (default 5)")
+    search.add_argument("--replicates", type=int, default=1, help="independent searches, seeds seed..seed+N-1")
+    _common(search)
+    add_flags(search, ["dataset", "model", "training", "pruning"])
 
     at_init = sub.add_parser("at-init", help="prune at initialisation (SNIP, SynFlow, magnitude, random), then train",
                              description="Score W^0, prune once to --target-density, train the sparse network "
@@ -142,6 +155,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             run_control(args.run, args.name, args.level, args.seed, data_dir=args.data_dir, device=args.device,
                         progress=not args.no_progress)
+            return 0
+        if command == "ticket-search":
+            from .ticket_search import DEFAULTS, run_ticket_search
+
+            config = build_config(args, ["dataset", "model", "training", "pruning"], args.preset, DEFAULTS)
+            run_ticket_search(config, args.stages, args.replicates, out=args.out, data_dir=args.data_dir,
+                              device=args.device, progress=not args.no_progress)
             return 0
         if command in ("imp", "lot", "rise", "at-init"):
             if args.keep is not None:

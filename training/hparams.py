@@ -52,6 +52,9 @@ class TrainingHparams:
     gamma: float = _f(0.1, "step schedule: factor applied at each milestone")
     warmup: str = _f("0", "linear learning-rate warm-up length, e.g. '5ep' (any schedule)")
     eval_every: str = _f("1ep", "evaluate on the test (and validation) set this often")
+    early_stopping: Optional[int] = _f(
+        None, "keep the weights of the best validation accuracy (needs --val-fraction); stop after N "
+              "evaluations without improvement (0: train to the end)")
     seed: int = _f(0, "seed for model init, data order, augmentation and random pruning")
 
 
@@ -173,12 +176,14 @@ def add_flags(parser: argparse.ArgumentParser, section_names: list[str]) -> None
 
 
 def build_config(
-    args: argparse.Namespace, section_names: list[str], preset: Optional[str] = None
+    args: argparse.Namespace, section_names: list[str], preset: Optional[str] = None,
+    base: Optional[dict] = None,
 ) -> Config:
-    """Dataclass defaults, then the preset's values, then the flags that were given."""
+    """Dataclass defaults, then ``base`` (a command's own defaults), then the preset's values,
+    then the flags that were given."""
     from .presets import preset_values
 
-    values = preset_values(preset) if preset else {}
+    values = {**(base or {}), **(preset_values(preset) if preset else {})}
     given = vars(args)
     sections = {}
     for name in section_names:

@@ -119,6 +119,33 @@ def check_lengths(hp: TrainingHparams, iterations_per_epoch: int, rewind: str = 
     return schedule.total, k, every
 
 
+class BestValidation:
+    """Early stopping on the validation split: keeps the weights of the evaluation with the best
+    validation accuracy (the earliest on ties) and counts evaluations since; ``patience`` > 0 stops
+    training after that many evaluations without improvement."""
+
+    def __init__(self, patience: int):
+        self.patience, self.accuracy, self.since = patience, -1.0, 0
+        self.row: dict = {}
+        self.weights: dict = {}
+
+    def update(self, model: nn.Module, row: dict) -> bool:
+        """Record evaluation ``row``; return True when training should stop."""
+        if row["val_accuracy"] > self.accuracy:
+            self.accuracy, self.since, self.row = row["val_accuracy"], 0, dict(row)
+            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.since += 1
+        return self.patience > 0 and self.since >= self.patience
+
+    def state(self) -> dict:
+        return {"accuracy": self.accuracy, "since": self.since, "row": self.row, "weights": self.weights}
+
+    def restore(self, state: dict) -> None:
+        self.accuracy, self.since, self.row, self.weights = (state["accuracy"], state["since"], state["row"],
+                                                             state["weights"])
+
+
 def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 0, end: Optional[int] = None,
           mask: Optional[Mask] = None, log: Optional[MetricsLog] = None, level: int = 0,
           save_points: Iterable[int] = (), on_save: Optional[Callable[[int], None]] = None,
@@ -128,6 +155,9 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     """Train ``model`` (already on the data's device) from iteration ``start`` to ``end``.
 
     Pruned weights (``mask``) stay exactly zero, or at ``frozen``'s values if given (RISE).
+    With ``hp.early_stopping`` set, the model ends with the weights of its best validation
+    evaluation and the returned metrics are that evaluation's (``stopped_at`` says where training
+    ended).
     ``on_save(t)`` runs after iteration ``t`` for each
     ``t`` in ``save_points``. With ``state_path``, a resume state is written at every epoch
     boundary and, if present, training continues from it. Returns the final metrics.
@@ -144,6 +174,13 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
 
     t = start
     pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (loss, correct, n) since the last eval
+    best: Optional[BestValidation] = None
+    if hp.early_stopping is not None:
+        if data.val is None:
+            raise UserError("--early-stopping needs a validation split: set --val-fraction, e.g. 0.1")
+        if hp.early_stopping < 0:
+            raise UserError(f"--early-stopping must be at least 0, got {hp.early_stopping}")
+        best = BestValidation(hp.early_stopping)
     if state_path is not None and state_path.exists():
         state = safe_load(state_path, "resume state")
         model.load_state_dict(state["model"])
@@ -151,6 +188,8 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
         t = int(state["iteration"])
         device = next(model.parameters()).device
         pending = [(l.to(device), c.to(device), int(n)) for l, c, n in state["pending"]]
+        if best is not None and state.get("best"):
+            best.restore(state["best"])
     if log is not None:  # drop what a killed attempt logged past the point we restart from
         resumed, at = t > start, t
         log.keep_only(lambda r: r.get("level", 0) < level
@@ -183,13 +222,16 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
             raise UserError(f"loss became {float(losses[bad[0]])} at iteration {at} (epoch {at / ipe:.2f}) of level "
                             f"{level}; training stopped{where}. Lower --lr or check the data")
 
+    stop = False
     last = record(t) if t == start else {}
+    if t == start and best is not None:
+        stop = best.update(model, last)
     if t == start and t in save_points and on_save is not None:
         on_save(t)
     bar = tqdm(total=end - start, initial=t - start, desc=f"level {level}", unit="it", disable=not progress,
                leave=False, dynamic_ncols=True)
     model.train()
-    while t < end:
+    while t < end and not stop:
         epoch = t // ipe
         torch.manual_seed(derive_seed(hp.seed, "dropout", level, epoch))
         for x, y in batches.epoch(epoch, skip=t - epoch * ipe):
@@ -211,14 +253,22 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
                 last = record(t)
                 pending = []
                 bar.set_postfix(test_acc=f"{last['test_accuracy']:.3f}")
-            if t == end:
+                if best is not None:
+                    stop = best.update(model, last)
+            if t == end or stop:
                 break
-        if t % ipe == 0 and t < end:
+        if t % ipe == 0 and t < end and not stop:
             check_finite(t)
             if state_path is not None:
                 atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": t,
-                             "pending": [(l.cpu(), c.cpu(), n) for l, c, n in pending]}, state_path)
+                             "pending": [(l.cpu(), c.cpu(), n) for l, c, n in pending],
+                             "best": best.state() if best is not None else None}, state_path)
             if on_epoch_end is not None:
                 on_epoch_end(t // ipe)
     bar.close()
+    if best is not None:
+        device = next(model.parameters()).device
+        model.load_state_dict({k: v.to(device) for k, v in best.weights.items()})
+        last = dict(best.row)
+    last["stopped_at"] = t
     return last

@@ -172,9 +172,11 @@ class Run:
                         log=self.log, level=level, save_points=save_points, on_save=on_save, state_path=state,
                         progress=self.progress, on_epoch_end=self.on_epoch_end, frozen=frozen)
         results = {k: v for k, v in metrics.items() if k.startswith(("test_", "val_", "train_"))}
-        cost = training_cost(model, self.data.input_shape, mask, start, self.total, len(self.data.train),
+        results["stopped_at"] = metrics["stopped_at"]
+        cost = training_cost(model, self.data.input_shape, mask, start, metrics["stopped_at"], len(self.data.train),
                              self.config.training.batch_size)
-        self.save(model, mask, self.total, level, "final",
+        # with early stopping the weights are those of the best validation evaluation
+        self.save(model, mask, metrics.get("iteration", self.total), level, "final",
                   {"results": results, "backprop_macs": cost, "start_iteration": start,
                    "masked_weights": "zero" if frozen is None else "frozen"})
         if state.exists():

@@ -1,0 +1,49 @@
+"""Winning-ticket search (seed 003, Alg. 1): K stages of train, prune 16% by LAMP, rewind to
+theta_init, repeated over replicate seeds, with early stopping on a validation split.
+
+Each replicate is an ordinary IMP run (seed ``seed + r``, stage k = level k, all checkpoints
+kept), so Best Sparse and Sparsest Matching models can be picked afterwards from the runs'
+summaries. ``ticket_search.json`` indexes the replicates.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from .checkpoint import atomic_write_text
+from .errors import UserError
+from .hparams import Config, dumps
+from .imp import run_imp
+
+DEFAULTS = {"score": "lamp", "fraction": 0.16, "rewind": "0", "val_fraction": 0.1, "early_stopping": 5}
+
+
+def run_ticket_search(config: Config, stages: int = 5, replicates: int = 1, *, out: str | Path = "runs",
+                      data_dir: Optional[str] = None, device: str = "auto", progress: bool = True) -> dict:
+    """Run (or resume) ``replicates`` IMP runs of ``stages`` stages; return the index it writes."""
+    if stages < 1 or replicates < 1:
+        raise UserError(f"--stages and --replicates must be at least 1, got {stages} and {replicates}")
+    runs = []
+    for r in range(replicates):
+        cfg = copy.deepcopy(config)
+        cfg.training.seed = config.training.seed + r
+        run = run_imp(cfg, stages, out=out, data_dir=data_dir, device=device, progress=False)
+        runs.append({"seed": cfg.training.seed, "run": str(run.dir), "stages": run.summary()})
+        if progress:
+            print(f"replicate {r + 1}/{replicates} (seed {cfg.training.seed}): {run.dir}")
+    base = copy.deepcopy(config)
+    base.training.seed = 0
+    index = {"algorithm": "ticket-search", "stages": stages, "replicates": runs, "config": config.to_dict()}
+    path = Path(out) / f"ticket-search-{base.hash('ticket-search', f'stages={stages}')}.json"
+    atomic_write_text(path, dumps(index))
+    if progress:
+        print(f"{'stage':>5}  {'density':>8}  {'test acc (mean +- std over replicates)':>38}")
+        for k in range(stages):
+            accs = [100 * rep["stages"][k]["test_accuracy"] for rep in runs]
+            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            print(f"{k:>5}  {100 * runs[0]['stages'][k]['density']:>7.2f}%  {statistics.mean(accs):>30.2f}% +- {spread:.2f}")
+        print(f"index: {path}")
+    index["path"] = str(path)
+    return index
