@@ -52,6 +52,7 @@ class TrainingHparams:
     gamma: float = _f(0.1, "step schedule: factor applied at each milestone")
     warmup: str = _f("0", "linear learning-rate warm-up length, e.g. '5ep' (any schedule)")
     eval_every: str = _f("1ep", "evaluate on the test (and validation) set this often")
+    bn_l1: float = _f(0.0, "L1 penalty on batch-norm scales (network slimming, Liu et al.: 1e-5 to 1e-4)")
     early_stopping: Optional[int] = _f(
         None, "keep the weights of the best validation accuracy (needs --val-fraction); stop after N "
               "evaluations without improvement (0: train to the end)")
@@ -60,8 +61,8 @@ class TrainingHparams:
 
 @dataclass
 class PruningHparams:
-    score: str = _f("magnitude", "pruning score (snip and synflow score the network itself)",
-                    ["magnitude", "random", "lamp", "snip", "synflow"])
+    score: str = _f("magnitude", "pruning score; snip and synflow score the network; l1-filter and slimming "
+                    "remove whole channels", ["magnitude", "random", "lamp", "snip", "synflow", "l1-filter", "slimming"])
     fraction: float = _f(0.2, "fraction of the remaining prunable weights removed per level, in (0, 1)")
     scope: str = _f("global", "rank scores across all layers or within each layer", ["global", "layerwise"])
     output_fraction: Optional[float] = _f(

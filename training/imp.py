@@ -15,7 +15,8 @@ from typing import Callable, Optional
 from .errors import UserError
 from .hparams import Config, PruningHparams
 from .masks import apply_mask, dense_mask, output_name
-from .pruning import NETWORK_SCORES, prune_by
+from .pruning import NETWORK_SCORES, STRUCTURED_SCORES, prune_by
+from .saliency import ScoreContext
 from .runs import Run, resolve_device
 from .seeding import derive_seed
 from .steps import parse_steps
@@ -35,6 +36,9 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
     config.pruning = pruning
 
     def check_pruning(model) -> None:  # fail now, not after level 0 has trained
+        if pruning.score in STRUCTURED_SCORES:
+            prune_by(pruning, {}, dense_mask(model), output_name(model), context=ScoreContext(model, ()))
+            return
         prune_by(pruning, dict(model.named_parameters()), dense_mask(model), output_name(model),
                  target_density=pruning.target_density,
                  score="magnitude" if pruning.score in NETWORK_SCORES else None)

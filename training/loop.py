@@ -42,6 +42,8 @@ def check_training(hp: TrainingHparams) -> None:
         raise UserError(f"--lr must be positive, got {hp.lr}")
     if not 0 <= hp.momentum < 1:
         raise UserError(f"--momentum must be in [0, 1), got {hp.momentum}")
+    if not hp.bn_l1 >= 0:
+        raise UserError(f"--bn-l1 must be non-negative, got {hp.bn_l1}")
     if not hp.weight_decay >= 0:
         raise UserError(f"--weight-decay must be non-negative, got {hp.weight_decay}")
     if not hp.gamma > 0:
@@ -170,6 +172,8 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     optimizer = make_optimizer(model, hp)
     enforce = MaskEnforcer(model, mask, frozen)
     enforce()
+    bn_scales = [m.weight for m in model.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None] if hp.bn_l1 else []
     save_points = set(save_points)
 
     t = start
@@ -241,6 +245,8 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
             loss = F.cross_entropy(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for gamma in bn_scales:  # subgradient of bn_l1 * |gamma| (network slimming)
+                gamma.grad.add_(torch.sign(gamma.detach()), alpha=hp.bn_l1)
             optimizer.step()
             enforce()
             pending.append((loss.detach(), (out.argmax(1) == y).sum(), len(y)))

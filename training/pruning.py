@@ -60,7 +60,8 @@ SCORES: dict[str, Callable[..., Scores]] = {
     "random": random_scores,
     "lamp": lamp_scores,
 }
-NETWORK_SCORES = ("snip", "synflow")  # need a ScoreContext (training.saliency)
+NETWORK_SCORES = ("snip", "synflow", "l1-filter", "slimming")  # need a ScoreContext (the network)
+STRUCTURED_SCORES = ("l1-filter", "slimming")  # remove whole channels (training.channels)
 
 
 def _parse_layer_fractions(text: str) -> list[tuple[str, float]]:
@@ -176,6 +177,13 @@ def _prune_with_network(weights, mask, fraction, score, scope, output_name, outp
 
     if context is None:
         raise UserError(f"the {score} score needs the network (and data); it cannot be computed from weights alone")
+    if score in STRUCTURED_SCORES:
+        from .channels import prune_channels
+
+        if target_density is not None or output_fraction is not None or layer_fractions:
+            raise UserError("structured pruning takes --fraction (of the remaining channels) only")
+        check_fraction(fraction, "pruning fraction")
+        return prune_channels(context.model, mask, fraction, score)
     if target_density is not None and (output_fraction is not None or layer_fractions):
         raise UserError("a target density applies to every layer alike; drop --output-fraction and --layer-fractions")
     groups = layer_rates(mask, fraction, scope, output_name, output_fraction, layer_fractions)
