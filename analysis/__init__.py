@@ -1,9 +1,10 @@
-"""Analysis of checkpoints written by ``training``.
+"""Analysis of checkpoints and run folders written by ``training``.
 
 - ``analysis.hessian``: top eigenvalues, trace and spectral density of the loss Hessian, in the
   full space or the ticket's subspace (``python -m analysis.hessian ckpt.pt``).
 - ``analysis.lanczos``: Lanczos, Hutchinson and stochastic Lanczos quadrature for any symmetric
   operator; ``analysis.hvp``: the Hessian as such an operator.
-
-Linear mode connectivity, trajectory length and ticket-search metrics are not written yet.
+- ``analysis.connectivity``: linear mode connectivity, error barriers and instability.
+- ``analysis.trajectory``: trajectory length (Raghu et al.) and TL_gain.
+- ``analysis.tickets``: seed 003's ticket-search metrics from a search's replicates.
 """

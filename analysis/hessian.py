@@ -16,14 +16,19 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from training.checkpoint import atomic_write_text, masked_weights_are_zero, model_from_checkpoint, read_checkpoint
+from training.checkpoint import (
+    atomic_write_text,
+    masked_weights_are_zero,
+    model_from_checkpoint,
+    read_checkpoint,
+)
 from training.data import Dataset, Split, check_dataset_name, load_dataset
 from training.errors import UserError
 from training.hparams import DatasetHparams
@@ -31,6 +36,7 @@ from training.masks import apply_mask
 from training.runs import resolve_device
 from training.seeding import generator
 
+from .figure_io import pyplot, save_png
 from .hvp import HessianOperator
 from .lanczos import gaussian_density, hutchinson_trace, slq, top_eigenvalues
 
@@ -185,10 +191,7 @@ def pyhessian_crosscheck(path: str | Path, settings: Settings, data_dir: Optiona
 
 def plot_densities(results: list[dict], path: Path) -> None:
     """All densities on one log-scale plot; labelled by file, level, step and weight density."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
@@ -205,11 +208,7 @@ def plot_densities(results: list[dict], path: Path) -> None:
            title=f"Hessian eigenvalue density ({results[0]['space']} space, {results[0]['mode']} mode)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path, dpi=130)
 
 
 def make_parser() -> argparse.ArgumentParser:

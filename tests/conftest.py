@@ -9,7 +9,13 @@ settings.register_profile("thorough", deadline=None, max_examples=1000)  # HYPOT
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from training.hparams import Config, DatasetHparams, ModelHparams, PruningHparams, TrainingHparams  # noqa: E402
+from training.hparams import (  # noqa: E402
+    Config,
+    DatasetHparams,
+    ModelHparams,
+    PruningHparams,
+    TrainingHparams,
+)
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,6 @@ def smaller_convnet(model, mask):
     """Rebuild a ConvNet with only the surviving channels, copying the weights."""
     pairs = channel_pairs(model)
     keep = [torch.nonzero(alive(mask, p)).flatten() for p in pairs]
-    convs = [m for m in model.features if isinstance(m, (nn.Conv1d, nn.Conv2d))]
     layers, j, previous = [], 0, None
     for m in model.features:
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):

@@ -1,5 +1,4 @@
 """Checkpoints: round trip through weights_only=True, ready-model loading, refusal of bad files."""
-import pickle
 
 import pytest
 import torch

@@ -67,8 +67,14 @@ def test_early_stopped_run_resumes_identically(data_dir, tmp_path):
 
 
 def test_ticket_search_replicates(data_dir, tmp_path):
+    from training.hparams import (
+        Config,
+        DatasetHparams,
+        ModelHparams,
+        PruningHparams,
+        TrainingHparams,
+    )
     from training.ticket_search import DEFAULTS
-    from training.hparams import Config, DatasetHparams, ModelHparams, PruningHparams, TrainingHparams
 
     cfg = Config(DatasetHparams(mnist1d_samples=500, val_fraction=DEFAULTS["val_fraction"]),
                  ModelHparams("mnist1d_mlp"), TrainingHparams(train_for="2ep", batch_size=40, early_stopping=2),

@@ -14,7 +14,6 @@ from analysis.hessian import Settings, analyze, main
 from analysis.hvp import HessianOperator
 from analysis.lanczos import gaussian_density, hutchinson_trace, slq, top_eigenvalues
 from tests.conftest import tiny_config
-from training.errors import UserError
 from training.imp import run_imp, run_train
 
 

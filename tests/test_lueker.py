@@ -4,8 +4,18 @@ import math
 import numpy as np
 import pytest
 
-from theory.lueker import (LO, HI, draw, failure_grid, failure_probability, fit_log_slope, lueker_bound,
-                           samples_needed, smallest_constant, worst_case_samples)
+from theory.lueker import (
+    HI,
+    LO,
+    draw,
+    failure_grid,
+    failure_probability,
+    fit_log_slope,
+    lueker_bound,
+    samples_needed,
+    smallest_constant,
+    worst_case_samples,
+)
 from theory.subset_sum import InputError, covers
 
 

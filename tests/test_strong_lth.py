@@ -4,8 +4,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from theory.strong_lth import (PrunedBlock, approximate_layer, approximate_network, batch_best_subset,
-                               random_target, single_weight_errors, unit_ball)
+from theory.strong_lth import (
+    PrunedBlock,
+    approximate_layer,
+    approximate_network,
+    batch_best_subset,
+    random_target,
+    single_weight_errors,
+    unit_ball,
+)
 from theory.subset_sum import InputError, best_subset
 
 

@@ -1,5 +1,4 @@
 """Subset-sum kernels against brute force and their symmetries (hypothesis)."""
-import itertools
 
 import numpy as np
 import pytest

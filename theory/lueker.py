@@ -22,7 +22,14 @@ import numpy as np
 from numba import njit, prange
 from scipy.stats import binomtest
 
-from .subset_sum import MAX_ENUMERATION, MAX_INTERVALS, InputError, _covers, _sorted_sums, _worst_sorted
+from .subset_sum import (
+    MAX_ENUMERATION,
+    MAX_INTERVALS,
+    InputError,
+    _covers,
+    _sorted_sums,
+    _worst_sorted,
+)
 
 LO, HI = -0.5, 0.5
 

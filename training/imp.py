@@ -16,8 +16,8 @@ from .errors import UserError
 from .hparams import Config, PruningHparams
 from .masks import apply_mask, dense_mask, output_name
 from .pruning import NETWORK_SCORES, STRUCTURED_SCORES, prune_by
-from .saliency import ScoreContext
 from .runs import Run, resolve_device
+from .saliency import ScoreContext
 from .seeding import derive_seed
 from .steps import parse_steps
 

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt_io
+from .cost import training_cost
 from .data import Dataset, load_dataset
 from .errors import UserError
 from .hparams import Config, dumps
-from .cost import training_cost
 from .loop import check_lengths, train
 from .masks import Mask, check_mask, count
 from .metrics_log import MetricsLog

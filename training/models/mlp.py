@@ -28,3 +28,9 @@ def mnist1d_mlp(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
 def lenet_300_100(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """LeNet-300-100 (LeCun et al. 1998; Frankle & Carbin's MNIST network)."""
     return _mlp(math.prod(input_shape), [300, 100], num_classes)
+
+
+@register("linear")
+def linear(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Multinomial logistic regression (one linear layer): a convex baseline."""
+    return _mlp(math.prod(input_shape), [], num_classes)

@@ -1,0 +1,124 @@
+"""Connectivity, trajectory length and ticket-search metrics."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import quad
+from torch import nn
+
+from analysis.connectivity import connect, instability
+from analysis.connectivity import main as connectivity_main
+from analysis.tickets import metrics, select, table
+from analysis.trajectory import arc, arc_lengths, closed_length, gain
+from analysis.trajectory import main as trajectory_main
+from tests.conftest import tiny_config
+from training.checkpoint import read_checkpoint
+from training.errors import UserError
+from training.imp import run_imp, run_train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(train_for="2ep")
+    cfg.model.model = "linear"
+    logistic = run_train(cfg, "0,5it", out=out, progress=False)
+    other = tiny_config(train_for="2ep", seed=3)
+    other.model.model = "linear"
+    logistic_b = run_train(other, out=out, progress=False)
+    imp = run_imp(tiny_config(train_for="2ep"), levels=2, out=out, progress=False)
+    return logistic, logistic_b, imp
+
+
+def test_barrier_with_itself_is_zero_and_endpoints_match(runs):
+    logistic, _, imp = runs
+    final = logistic.dir / "level_0" / "final.pt"
+    r = connect(final, final, points=5)
+    assert r["test_barrier"] == 0 and r["train_barrier"] == 0
+    sparse = imp.dir / "level_1" / "final.pt"
+    r = connect(sparse, sparse, points=3)
+    expected = read_checkpoint(sparse)["meta"]["results"]["test_accuracy"]
+    assert 1 - r["test_error"][0] == pytest.approx(expected) and 1 - r["test_error"][-1] == pytest.approx(expected)
+
+
+def test_convex_problem_loss_stays_below_the_chord(runs):
+    logistic, logistic_b, _ = runs
+    r = connect(logistic.dir / "level_0" / "step_5.pt", logistic_b.dir / "level_0" / "final.pt", points=11)
+    for name in ("train", "test"):
+        loss = np.array(r[f"{name}_loss"])
+        chord = loss[0] + np.array(r["alpha"]) * (loss[-1] - loss[0])
+        assert np.all(loss <= chord + 1e-6)
+
+
+def test_incompatible_checkpoints_are_refused(runs):
+    logistic, _, imp = runs
+    with pytest.raises(UserError, match="different architectures"):
+        connect(logistic.dir / "level_0" / "final.pt", imp.dir / "level_0" / "final.pt")
+    with pytest.raises(UserError, match="different masks"):
+        connect(imp.dir / "level_0" / "final.pt", imp.dir / "level_1" / "final.pt")
+
+
+def test_instability_of_a_ticket_and_cli(runs, tmp_path, capsys):
+    _, _, imp = runs
+    r = instability(imp.dir / "level_1" / "rewind.pt", points=5, progress=False)
+    assert r["k_iteration"] == 0 and r["stable"] == (r["test_barrier"] < 0.02) and r["test_barrier"] >= -1e-12
+    assert connectivity_main([str(imp.dir / "level_0" / "final.pt"), str(imp.dir / "level_0" / "init.pt"),
+                              "--points", "4", "--out", str(tmp_path)]) == 0
+    assert "barrier" in capsys.readouterr().out and (tmp_path / "connectivity.png").exists()
+    assert connectivity_main([str(imp.dir / "level_0" / "final.pt"), "--out", str(tmp_path)]) == 2
+
+
+def test_linear_network_traces_the_ellipse():
+    torch.manual_seed(0)
+    A = torch.randn(3, 5, dtype=torch.float64)
+    model = nn.Linear(5, 3, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(A)
+    x0, x1 = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    u, v = (A @ x0).numpy(), (A @ x1).numpy()
+    perimeter, _ = quad(lambda t: np.linalg.norm(-math.sin(t) * u + math.cos(t) * v), 0, 2 * math.pi, limit=200)
+    length = arc_lengths(model, x0, x1, points=4000)["logits"]
+    assert length == pytest.approx(perimeter, rel=1e-3)
+    points = arc(x0, x1, 500)
+    assert closed_length(model(points)) == pytest.approx(closed_length(model(points.flip(0))), rel=1e-12)
+
+
+def test_trajectory_cli_reports_gain(runs, tmp_path, capsys):
+    _, _, imp = runs
+    argv = [str(imp.dir / "level_0" / "final.pt"), str(imp.dir / "level_1" / "final.pt"), "--pairs", "3",
+            "--points", "200", "--out", str(tmp_path)]
+    assert trajectory_main(argv) == 0
+    data = json.loads((tmp_path / "trajectory.json").read_text())["results"]
+    assert data[1]["tl_gain_vs_first"] == pytest.approx(gain(data[1]["mean"], data[0]["mean"]))
+    assert "TL_gain" in capsys.readouterr().out
+
+
+def stage(density, val, test, tl=None):
+    return {"density": density, "val_accuracy": val, "test_accuracy": test, "trajectory_length": tl}
+
+
+def test_ticket_metrics_reproduce_the_formulas():
+    replicates = [
+        {"stages": [stage(1.0, 0.80, 0.70, 10.0), stage(0.84, 0.82, 0.72, 11.0), stage(0.71, 0.81, 0.71, 9.0),
+                    stage(0.59, 0.79, 0.69, 8.0)]},
+        {"stages": [stage(1.0, 0.80, 0.75, 20.0), stage(0.84, 0.78, 0.74, 19.0), stage(0.71, 0.79, 0.73, 18.0)]},
+        {"stages": [stage(1.0, 0.60, 0.50, 5.0), stage(0.84, 0.60, 0.55, 6.0), stage(0.71, 0.65, 0.60, 4.0)]},
+    ]
+    chosen = select(replicates[0]["stages"])
+    assert chosen["Best Sparse"]["density"] == 0.84 and chosen["Sparsest Matching"]["density"] == 0.71
+    assert select(replicates[1]["stages"])["Sparsest Matching"] is None  # no sparse stage matches: a failure
+    m = metrics(replicates)
+    assert m["success_rate"] == pytest.approx(200 / 3)
+    # Best Sparse of the successes: replicate 1 stage 1 (0.72 vs 0.70), replicate 3 stage 2 (0.60 vs 0.50)
+    gains = [(0.72 - 0.70) / 0.70 * 100, (0.60 - 0.50) / 0.50 * 100]
+    assert m["rows"]["Best Sparse"]["accuracy_gain"][0] == pytest.approx(np.mean(gains))
+    assert m["rows"]["Best Sparse"]["accuracy_gain"][1] == pytest.approx(np.std(gains, ddof=1))
+    assert m["lts_score"] == pytest.approx(np.mean(gains) * (2 / 3))
+    tl = [(11.0 - 10.0) / 10.0 * 100, (4.0 - 5.0) / 5.0 * 100]
+    assert m["rows"]["Best Sparse"]["trajectory_length_gain"][0] == pytest.approx(np.mean(tl))
+    # Sparsest Matching: replicate 1 stage 2 (0.71 -> +1.43%), replicate 3 stage 2 (same as its Best Sparse)
+    sm = [(0.71 - 0.70) / 0.70 * 100, (0.60 - 0.50) / 0.50 * 100]
+    assert m["rows"]["Sparsest Matching"]["accuracy_gain"][0] == pytest.approx(np.mean(sm))
+    assert "Sparsest Matching" in table(m) and "67%" in table(m)
