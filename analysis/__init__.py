@@ -6,5 +6,6 @@
   operator; ``analysis.hvp``: the Hessian as such an operator.
 - ``analysis.connectivity``: linear mode connectivity, error barriers and instability.
 - ``analysis.trajectory``: trajectory length (Raghu et al.) and TL_gain.
+- ``analysis.supermask``: supermask accuracy, Zhou et al.'s mask criteria, mask similarity.
 - ``analysis.tickets``: seed 003's ticket-search metrics from a search's replicates.
 """
