@@ -121,7 +121,7 @@ def analyze(path: str | Path, settings: Settings = Settings(), data_dir: Optiona
 
     planned = (settings.eig_steps + 1 if settings.top_k else 0) + \
         (math.ceil(settings.probes / 16) if settings.trace else 0) + (settings.lanczos_steps if settings.density else 0)
-    bar = tqdm(total=planned, desc=path.name, unit="pass", disable=not progress, leave=False)
+    bar = tqdm(total=planned, desc=path.name, unit="pass", disable=None if progress else True, leave=False)
 
     def matvec(V):
         out = op(V)

@@ -140,7 +140,7 @@ def run_network(out: Path, weights: Optional[list[np.ndarray]], widths: Sequence
     target = weights if weights is not None else strong_lth.random_target(widths, seed)
     main = strong_lth.approximate_network(target, n, eps, samples, seed)
     curve = []
-    for k in tqdm(list(sweep), desc="network", disable=not progress, leave=False):
+    for k in tqdm(list(sweep), desc="network", disable=None if progress else True, leave=False):
         for method in ("relu", "single"):
             curve.append(strong_lth.approximate_network(target, int(k), eps, samples, seed, method).summary(eps))
     entry = np.concatenate([blk.entry_errors.ravel() for blk in main.blocks])

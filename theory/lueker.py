@@ -115,7 +115,7 @@ def failure_grid(ns: Iterable[int], epss: Iterable[float], trials: int = 200, se
     from tqdm import tqdm
 
     return [failure_probability(samples, n, e, confidence)
-            for n, e in tqdm(pairs, desc="lueker", disable=not progress, leave=False)]
+            for n, e in tqdm(pairs, desc="lueker", disable=None if progress else True, leave=False)]
 
 
 def worst_case_samples(n: int, trials: int = 1000, seed: int = 0) -> np.ndarray:
@@ -166,7 +166,7 @@ def samples_needed(epss: Iterable[float], trials: int = 200, n_max: int = 64, se
     rows = []
     from tqdm import tqdm
 
-    for eps in tqdm([_check_eps(e) for e in epss], desc="n needed", disable=not progress, leave=False):
+    for eps in tqdm([_check_eps(e) for e in epss], desc="n needed", disable=None if progress else True, leave=False):
         first = _first_covering_n(samples, eps, LO, HI, MAX_INTERVALS)
         row: dict = {"eps": eps, "log_inv_eps": math.log(1 / eps)}
         for q in quantiles:

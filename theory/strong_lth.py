@@ -138,7 +138,7 @@ def diamond_sweep(ns: Sequence[int], trials: int = 200, seed: int = 0, progress:
     w = rng.uniform(-0.5, 0.5, trials)
     jobs = [(int(n), METHODS) for n in ns] + [(int(n), ("single",)) for n in single_ns if int(n) not in set(ns)]
     rows = []
-    for n, methods in tqdm(jobs, desc="diamond", disable=not progress, leave=False):
+    for n, methods in tqdm(jobs, desc="diamond", disable=None if progress else True, leave=False):
         errors = single_weight_errors(w, n, seed=seed + 1 + n, methods=methods)
         for method in methods:
             e = errors[method]

@@ -232,8 +232,8 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
         stop = best.update(model, last)
     if t == start and t in save_points and on_save is not None:
         on_save(t)
-    bar = tqdm(total=end - start, initial=t - start, desc=f"level {level}", unit="it", disable=not progress,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(total=end - start, initial=t - start, desc=f"level {level}", unit="it",
+               disable=None if progress else True, leave=False, dynamic_ncols=True)  # None: no bar in log files
     model.train()
     while t < end and not stop:
         epoch = t // ipe
