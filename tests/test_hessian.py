@@ -189,3 +189,21 @@ def test_checkpoint_without_dataset_needs_the_flag(checkpoints, tmp_path, capsys
     assert "pass --dataset" in capsys.readouterr().err
     assert main([str(path), "--top-k", "1", "--samples", "50", "--dataset", "mnist1d", "--out", str(tmp_path),
                  "--no-progress"]) == 0
+
+
+def test_train_mode_uses_batch_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    with torch.no_grad():  # running statistics far from the batch's, so the two modes differ
+        model[1].running_mean.fill_(3.0)
+        model[1].running_var.fill_(9.0)
+    reference = __import__("copy").deepcopy(model).train()
+    H_train = explicit_hessian(reference, x, y)
+    op = HessianOperator(model, [(x, y)], mode="train", dtype=torch.float64)
+    assert torch.allclose(op(torch.eye(op.dim, dtype=torch.float64)), H_train, atol=1e-10)
+    assert torch.equal(model[1].running_mean, torch.full((5,), 3.0, dtype=torch.float64))  # untouched
+    H_eval = explicit_hessian(__import__("copy").deepcopy(model).eval(), x, y)
+    ev = HessianOperator(model, [(x, y)], mode="eval", dtype=torch.float64)
+    assert torch.allclose(ev(torch.eye(ev.dim, dtype=torch.float64)), H_eval, atol=1e-10)
+    assert not torch.allclose(H_train, H_eval, atol=1e-3)
