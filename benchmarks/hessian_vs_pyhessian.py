@@ -25,6 +25,7 @@ from analysis.hessian import hessian_batches
 from analysis.hvp import HessianOperator
 from analysis.lanczos import hutchinson_trace, slq, top_eigenvalues
 from training.checkpoint import load
+from training.runs import resolve_device
 
 
 def _eig_compat(T, eigenvectors=True):
@@ -45,8 +46,12 @@ def _checkpoint(path: str | None) -> str:
 
 
 def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     value = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return value, time.perf_counter() - start
 
 
@@ -59,27 +64,31 @@ def main() -> None:
     parser.add_argument("--slq-probes", type=int, default=2, help="density probes (default 2)")
     parser.add_argument("--steps", type=int, default=30, help="Lanczos steps for the density (default 30)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the operator then batches probes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from pyhessian import hessian as PyHessian
 
-    loaded = load(_checkpoint(args.checkpoint))
+    device = resolve_device(args.device)
+    loaded = load(_checkpoint(args.checkpoint), device)
     model, data = loaded.model, loaded.dataset
     batches = hessian_batches(data.train, args.samples, args.batch_size, 0)
     criterion = torch.nn.CrossEntropyLoss()
     op = HessianOperator(model, batches)
-    print(f"{loaded.checkpoint['model']['name']}: {op.dim:,} parameters, {op.examples} examples in {len(batches)} batches")
+    print(f"{loaded.checkpoint['model']['name']}: {op.dim:,} parameters, {op.examples} examples in {len(batches)} "
+          f"batches, device {device}, HVP strategy {op.strategy}")
 
     torch.manual_seed(0)
-    engine = PyHessian(copy.deepcopy(model), criterion, dataloader=batches, cuda=False)
+    engine = PyHessian(copy.deepcopy(model), criterion, dataloader=batches, cuda=device.type == "cuda")
     (py_top, _), py_top_s = timed(lambda: engine.eigenvalues(top_n=1, tol=1e-3))
-    ours_top, ours_top_s = timed(lambda: top_eigenvalues(op, op.dim, k=1, max_steps=100, tol=1e-3))
+    ours_top, ours_top_s = timed(lambda: top_eigenvalues(op, op.dim, k=1, max_steps=100, tol=1e-3, device=device))
     print(f"top eigenvalue  PyHessian {py_top[0]:.5g} in {py_top_s:.2f} s | ours {ours_top.values[0]:.5g} "
           f"(residual {ours_top.residuals[0]:.1e}) in {ours_top_s:.2f} s | ratio {py_top_s / ours_top_s:.1f}x")
 
     py_trace, py_trace_s = timed(lambda: engine.trace(maxIter=args.probes, tol=0.0))
     ours_trace, ours_trace_s = timed(lambda: hutchinson_trace(op, op.dim, args.probes,
-                                                              generator=torch.Generator().manual_seed(0)))
+                                                              generator=torch.Generator().manual_seed(0),
+                                                              device=device))
     print(f"trace ({args.probes} probes)  PyHessian {np.mean(py_trace):.5g} in {py_trace_s:.2f} s | ours "
           f"{ours_trace.mean:.5g} +- {ours_trace.std_error:.2g} in {ours_trace_s:.2f} s | "
           f"ratio {py_trace_s / ours_trace_s:.1f}x (target >= 3x)")
@@ -94,25 +103,29 @@ def main() -> None:
         else:
             torch.eig = original
     _, ours_density_s = timed(lambda: slq(op, op.dim, args.slq_probes, args.steps,
-                                          generator=torch.Generator().manual_seed(0)))
+                                          generator=torch.Generator().manual_seed(0), device=device))
     print(f"density ({args.slq_probes} probes x {args.steps} steps)  PyHessian {py_density_s:.2f} s | ours "
           f"{ours_density_s:.2f} s | ratio {py_density_s / ours_density_s:.1f}x (target >= 3x)")
 
     x, y = batches[0]
     params = [p for p in op.model.parameters() if p.requires_grad]
     single = HessianOperator(model, [(x, y)])
-    v = torch.randn(1, single.dim)
-    v8 = torch.randn(8, single.dim)
+    v = torch.randn(1, single.dim, device=device)
+    v8 = torch.randn(8, single.dim, device=device)
 
     def gradient():
         torch.autograd.grad(F.cross_entropy(op.model(x), y), params)
 
-    reps = 20
-    for fn in (gradient, lambda: single(v)):
+    # interleaved repeats, medians: these are millisecond timings on a shared machine
+    reps, rounds = 30, 7
+    for fn in (gradient, lambda: single(v), lambda: single(v8)):
         fn()
-    _, grad_s = timed(lambda: [gradient() for _ in range(reps)])
-    _, hvp_s = timed(lambda: [single(v) for _ in range(reps)])
-    _, hvp8_s = timed(lambda: [single(v8) for _ in range(reps)])
+    grad_t, hvp_t, hvp8_t = [], [], []
+    for _ in range(rounds):
+        grad_t.append(timed(lambda: [gradient() for _ in range(reps)])[1])
+        hvp_t.append(timed(lambda: [single(v) for _ in range(reps)])[1])
+        hvp8_t.append(timed(lambda: [single(v8) for _ in range(reps)])[1])
+    grad_s, hvp_s, hvp8_s = (float(np.median(t)) for t in (grad_t, hvp_t, hvp8_t))
     print(f"one batch of {len(y)}: gradient {1e3 * grad_s / reps:.2f} ms, HVP {1e3 * hvp_s / reps:.2f} ms "
           f"= {hvp_s / grad_s:.2f} gradients (target <= 2.5); with 8 vectors per pass "
           f"{hvp8_s / grad_s / 8:.2f} gradients per HVP")
