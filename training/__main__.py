@@ -43,7 +43,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="Lottery-ticket experiments: IMP / I-LOT-R with rewinding, RISE-R, dense training.")
+        description="Lottery-ticket experiments: IMP / I-LOT-R with rewinding, RISE-R, ticket search, pruning "
+                    "at initialisation, controls on tickets, dense training. Each command has --help.")
     sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,ticket-search,at-init,train,control,list}")
 
     imp = sub.add_parser("imp", aliases=["lot"],
