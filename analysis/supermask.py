@@ -98,8 +98,8 @@ def supermask_report(path: str | Path, seeds: int = 5, device: str = "auto", dat
     """The checkpoint's mask on W^0, untrained, against random masks of the same layer-wise counts."""
     dev = resolve_device(device)
     loaded = load(path, dev, data_dir)
-    if loaded.mask is None:
-        raise UserError(f"{path} has no mask; give a pruned checkpoint (a level >= 1 of an IMP run)")
+    if loaded.mask is None or all(bool(m.all()) for m in loaded.mask.values()):
+        raise UserError(f"{path} prunes nothing; give a pruned checkpoint (a level >= 1 of an IMP run)")
     w0 = _initial_model(loaded.checkpoint, dev)
     ticket = supermask_accuracy(w0, loaded.mask, loaded.dataset)
     randoms = [supermask_accuracy(w0, {k: v.to(dev) for k, v in random_mask_like(loaded.mask, s).items()},

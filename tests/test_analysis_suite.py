@@ -137,6 +137,8 @@ def test_supermask_with_everything_kept_is_the_init_network(runs):
     from training.loop import evaluate
 
     assert supermask_accuracy(w0, None, loaded.dataset) == evaluate(init.model, init.dataset.test)[1]
+    with pytest.raises(UserError, match="prunes nothing"):
+        supermask_report(imp.dir / "level_0" / "final.pt")
     report = supermask_report(imp.dir / "level_1" / "final.pt", seeds=3)
     assert len(report["random_mask_accuracies"]) == 3 and report["density"] == pytest.approx(0.8, abs=1e-3)
 
