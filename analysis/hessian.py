@@ -37,7 +37,7 @@ from training.runs import resolve_device
 from training.seeding import generator
 
 from .figure_io import pyplot, save_png
-from .hvp import HessianOperator
+from .hvp import HessianOperator, tune_allocator
 from .lanczos import gaussian_density, hutchinson_trace, slq, top_eigenvalues
 
 
@@ -58,6 +58,7 @@ class Settings:
     mode: str = "eval"
     device: str = "auto"
     dtype: str = "float32"
+    strategy: str = "auto"  # Hessian-vector products: auto, rop, loop or batched (analysis.hvp)
 
     def check(self) -> None:
         for name in ("probes", "slq_probes", "lanczos_steps", "eig_steps", "batch_size"):
@@ -71,6 +72,8 @@ class Settings:
             raise UserError(f"unknown --space {self.space!r}; choose full or ticket")
         if self.dtype not in ("float32", "float64"):
             raise UserError(f"unknown --dtype {self.dtype!r}; choose float32 or float64")
+        if self.strategy not in ("auto", "rop", "loop", "batched"):
+            raise UserError(f"unknown --hvp {self.strategy!r}; choose auto, rop, loop or batched")
 
 
 def hessian_batches(split: Split, samples: Optional[int], batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -115,7 +118,7 @@ def analyze(path: str | Path, settings: Settings = Settings(), data_dir: Optiona
     batches = hessian_batches(data.train, settings.samples, settings.batch_size, settings.seed)
     dtype = torch.float64 if settings.dtype == "float64" else torch.float32
     mask_on_device = None if mask is None else {k: v.to(device) for k, v in mask.items()}
-    op = HessianOperator(model, batches, settings.space, mask_on_device, settings.mode, dtype)
+    op = HessianOperator(model, batches, settings.space, mask_on_device, settings.mode, dtype, settings.strategy)
 
     from tqdm import tqdm
 
@@ -159,7 +162,8 @@ def analyze(path: str | Path, settings: Settings = Settings(), data_dir: Optiona
                              "weights": quad.weights.tolist(), "lanczos_steps": quad.steps,
                              "normalisation": f"integrates to 1 over the eigenvalues of the {op.dim}-dim operator"}
     bar.close()
-    result.update({"hessian_vector_products": op.products, "data_passes": op.passes, "timings": timings,
+    result.update({"hessian_vector_products": op.products, "quadratic_forms": op.quadratic_forms,
+                   "data_passes": op.passes, "hvp_strategy": op.strategy, "timings": timings,
                    "seconds": time.perf_counter() - start})
     return result
 
@@ -241,6 +245,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="eval: batch norm running statistics, no dropout (default); train: batch statistics")
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"], help="arithmetic (default float32)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default auto)")
+    p.add_argument("--hvp", default=d.strategy, choices=["auto", "rop", "loop", "batched"],
+                   help="how Hessian-vector products are computed: rop (R-operator with cached forward "
+                        "passes), loop or batched (autograd double backward); auto picks rop where the "
+                        "model allows (default auto)")
     p.add_argument("--dataset", help="dataset to use when a checkpoint does not name one")
     p.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
     p.add_argument("--backend", default="ours", choices=["ours", "pyhessian"],
@@ -258,8 +266,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         trace=args.trace or not chosen, density=args.density or not chosen, space=args.space,
         samples=args.samples, batch_size=args.batch_size, probes=args.probes, slq_probes=args.slq_probes,
         lanczos_steps=args.lanczos_steps,
-        seed=args.seed, mode=args.mode, device=args.device, dtype=args.dtype)
+        seed=args.seed, mode=args.mode, device=args.device, dtype=args.dtype, strategy=args.hvp)
     out = Path(args.out)
+    tune_allocator()
     try:
         settings.check()
         results = []
@@ -295,7 +304,8 @@ def _print_summary(r: dict) -> None:
         ph = r["pyhessian"]
         print(f"  PyHessian 0.1: top eigenvalue {ph['top_eigenvalue']:.4g}, trace {ph['trace']:.4g} "
               f"({ph['trace_probes']} probes), {ph['seconds']:.1f} s")
-    print(f"  {r['hessian_vector_products']} Hessian-vector products in {r['data_passes']} passes, {r['seconds']:.1f} s")
+    print(f"  {r['hessian_vector_products']} Hessian-vector products and {r['quadratic_forms']} quadratic forms "
+          f"({r['hvp_strategy']}) in {r['data_passes']} passes, {r['seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
 """The loss Hessian of a model over a data set, as a batched linear operator.
 
 H is the exact Hessian of the mean cross-entropy over all the examples given, accumulated batch
-by batch with weight |batch| / N. For each batch, one forward pass and one differentiable
-backward pass are shared by all k vectors of a call; then (reverse over reverse) either each
-vector costs one more backward pass through that graph (``strategy="loop"``, fastest measured on
-a CPU, ahead of ``vmap`` of ``jvp``-of-``grad``), or all k go through it at once with
-``is_grads_batched`` (``strategy="batched"``, the default on CUDA, where small layers are
-bound by kernel launches).
+by batch with weight |batch| / N. Three ways to compute the products, all exact:
+
+- ``strategy="rop"`` (the default where the model allows it): Pearlmutter's R-operator
+  (``analysis.rop``), with each batch's forward and backward pass computed once and cached, and
+  the k vectors of a call folded into the batch axis. Models made of convolutions, linear layers,
+  batch norm (evaluation mode), ReLU, pooling and residual additions qualify: every model in
+  ``training.models`` except MobileNetV3 (hardswish).
+- ``strategy="loop"``: autograd's double backward. For each batch, one forward and one
+  differentiable backward pass are shared by the k vectors of a call, then each vector costs one
+  more backward pass through that graph. Any model.
+- ``strategy="batched"``: the same, with all k vectors through the graph at once with
+  ``is_grads_batched`` (the fallback on CUDA, where small layers are bound by kernel launches).
 
 Two spaces:
 - ``full``: all trainable parameters (those the loss depends on) at the model's point.
@@ -27,6 +33,8 @@ from torch.func import replace_all_batch_norm_modules_
 from training.errors import UserError
 from training.masks import Mask
 
+from .rop import RopEngine
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -41,7 +49,7 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, batches: Sequence[Batch], space: str = "full",
                  mask: Optional[Mask] = None, mode: str = "eval", dtype: Optional[torch.dtype] = None,
-                 strategy: str = "auto"):
+                 strategy: str = "auto", cache_bytes: int = 1 << 30):
         if space not in ("full", "ticket"):
             raise UserError(f"unknown space {space!r}; choose full or ticket")
         if mode not in ("eval", "train"):
@@ -56,8 +64,8 @@ class HessianOperator:
             replace_all_batch_norm_modules_(model)  # batch statistics, no running-stat updates
         else:
             model.eval()
-        if strategy not in ("auto", "loop", "batched"):
-            raise UserError(f"unknown HVP strategy {strategy!r}; choose auto, loop or batched")
+        if strategy not in ("auto", "rop", "loop", "batched"):
+            raise UserError(f"unknown HVP strategy {strategy!r}; choose auto, rop, loop or batched")
         self.model, self.mode, self.space = model, mode, space
         self.batches = [(x.to(dtype) if dtype is not None and x.is_floating_point() else x, y) for x, y in batches]
         self.examples = sum(len(y) for _, y in self.batches)
@@ -76,7 +84,17 @@ class HessianOperator:
         self.full_dim = sum(self.sizes)
         example = next(iter(self.params.values()))
         self.dtype, self.device = example.dtype, example.device
-        self.strategy = strategy if strategy != "auto" else ("batched" if self.device.type == "cuda" else "loop")
+        autograd = "batched" if self.device.type == "cuda" else "loop"
+        self.rop_reason = RopEngine.check(model)
+        if strategy == "rop" and self.rop_reason is not None:
+            raise UserError(f"the R-operator strategy cannot run this model: {self.rop_reason}; use --strategy loop")
+        if strategy == "auto":
+            strategy = "rop" if self.rop_reason is None else autograd
+        self.strategy = strategy
+        self._engine: Optional[RopEngine] = None
+        if strategy == "rop":
+            self._engine = RopEngine(model, self.names, self.batches, [1.0 / self.examples] * len(self.batches),
+                                     cache_bytes=cache_bytes)
 
         self.active: Optional[torch.Tensor] = None
         if space == "ticket":
@@ -90,6 +108,7 @@ class HessianOperator:
             self.active = torch.cat(parts)
         self.dim = int(self.active.sum()) if self.active is not None else self.full_dim
         self.products = 0  # Hessian-vector products computed (k per call)
+        self.quadratic_forms = 0  # v^T H v computed without the product
         self.passes = 0  # passes over the data
 
         self._param_list = [named[n] for n in self.names]
@@ -98,6 +117,30 @@ class HessianOperator:
         """H V for V of shape (k, dim), or (dim,) for one vector."""
         single = V.dim() == 1
         V = V[None] if single else V
+        k = V.shape[0]
+        columns = self._columns(V)
+        if self._engine is not None:
+            out = torch.cat([h.reshape(k, -1) for h in self._engine(columns)], dim=1)
+        else:
+            out = self._autograd_products(columns, k)
+        self.products += V.shape[0]
+        self.passes += 1
+        if self.active is not None:
+            out = out[:, self.active]
+        return out[0] if single else out
+
+    def quadratic_form(self, V: torch.Tensor) -> torch.Tensor:
+        """v^T H v for each row of V (k, dim): a (k,) tensor. Half the cost of ``H V`` with the
+        R-operator (no tangent backward pass); otherwise computed from ``H V``."""
+        if self._engine is None:
+            return (V.to(self.device, self.dtype) * self(V)).sum(dim=1)
+        columns = self._columns(V)
+        self.quadratic_forms += V.shape[0]
+        self.passes += 1
+        return self._engine.quadratic(columns)
+
+    def _columns(self, V: torch.Tensor) -> list[torch.Tensor]:
+        """(k, dim) vectors of the operator's space as one (k, *shape) tensor per parameter."""
         if V.shape[1] != self.dim:
             raise ValueError(f"vectors must have {self.dim} entries, got {V.shape[1]}")
         V = V.to(self.device, self.dtype)
@@ -106,7 +149,9 @@ class HessianOperator:
             full[:, self.active] = V
             V = full
         k = V.shape[0]
-        columns = [c.reshape(k, *shape) for c, shape in zip(torch.split(V, self.sizes, dim=1), self.shapes)]
+        return [c.reshape(k, *shape) for c, shape in zip(torch.split(V, self.sizes, dim=1), self.shapes)]
+
+    def _autograd_products(self, columns: list[torch.Tensor], k: int) -> torch.Tensor:
         out = torch.zeros(k, self.full_dim, dtype=self.dtype, device=self.device)
         for x, y in self.batches:
             loss = F.cross_entropy(self.model(x), y)
@@ -118,11 +163,7 @@ class HessianOperator:
             for i in range(k):
                 hv = torch.autograd.grad(grads, self._param_list, [c[i] for c in columns], retain_graph=i < k - 1)
                 out[i].add_(torch.cat([h.reshape(-1) for h in hv]), alpha=len(y) / self.examples)
-        self.products += V.shape[0]
-        self.passes += 1
-        if self.active is not None:
-            out = out[:, self.active]
-        return out[0] if single else out
+        return out
 
     def gradient_norm(self) -> float:
         """||grad L|| over the data (in the operator's space); a quick sanity number."""
@@ -131,3 +172,24 @@ class HessianOperator:
             g = torch.autograd.grad(F.cross_entropy(self.model(x), y), self._param_list)
             total.add_(torch.cat([gi.reshape(-1) for gi in g]), alpha=len(y) / self.examples)
         return float((total[self.active] if self.active is not None else total).norm())
+
+
+def tune_allocator() -> bool:
+    """Keep large freed blocks in glibc's heap instead of returning them to the system.
+
+    Hessian-vector products allocate and free the same multi-megabyte buffers thousands of
+    times; with glibc's default each one is a fresh ``mmap`` whose pages fault in again, which
+    made CPU transposed convolutions about 3x slower here. This sets ``M_MMAP_THRESHOLD`` and
+    ``M_TRIM_THRESHOLD`` to 1 GiB for the whole process (the CLIs call it; libraries importing
+    ``analysis`` are left alone). Returns whether it applied (False off glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))

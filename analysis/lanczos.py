@@ -143,13 +143,19 @@ def rademacher(count: int, n: int, generator: Optional[torch.Generator], dtype, 
 
 def hutchinson_trace(matvec: MatVec, n: int, probes: int = 64, batch: int = 16,
                      generator: Optional[torch.Generator] = None, dtype=torch.float32, device="cpu") -> TraceEstimate:
-    """tr(A) ~ mean of v^T A v over ``probes`` Rademacher vectors (a fixed budget, ``batch`` per call)."""
+    """tr(A) ~ mean of v^T A v over ``probes`` Rademacher vectors (a fixed budget, ``batch`` per call).
+
+    An operator with a ``quadratic_form(V)`` method (``HessianOperator``) is asked for v^T A v
+    directly, which can be cheaper than A v.
+    """
     if probes < 1:
         raise ValueError(f"the trace needs at least 1 probe, got {probes}")
+    quadratic = getattr(matvec, "quadratic_form", None)
     samples = []
     for start in range(0, probes, batch):
         V = rademacher(min(batch, probes - start), n, generator, dtype, device)
-        samples.append((V * matvec(V)).sum(dim=1).double().cpu().numpy())
+        values = quadratic(V) if quadratic is not None else (V * matvec(V)).sum(dim=1)
+        samples.append(values.double().cpu().numpy())
     values = np.concatenate(samples)
     se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     return TraceEstimate(float(values.mean()), se, len(values), values)
