@@ -227,7 +227,7 @@ class RopEngine:
         record = {"saved": saved, "probs": probs, "shapes": {n: v.shape for n, v in values.items()},
                   "batch": len(y)}
         size = sum(t.numel() * t.element_size() for d in saved.values() for t in d.values()
-                   if isinstance(t, torch.Tensor) and t is not None) + probs.numel() * probs.element_size()
+                   if isinstance(t, torch.Tensor)) + probs.numel() * probs.element_size()
         if self._cached_bytes + size <= self.cache_bytes:
             self._cache[i] = record
             self._cached_bytes += size
