@@ -87,7 +87,8 @@ class HessianOperator:
         autograd = "batched" if self.device.type == "cuda" else "loop"
         self.rop_reason = RopEngine.check(model)
         if strategy == "rop" and self.rop_reason is not None:
-            raise UserError(f"the R-operator strategy cannot run this model: {self.rop_reason}; use --strategy loop")
+            raise UserError(f"the R-operator strategy cannot run this model: {self.rop_reason}; "
+                            "use --hvp loop (strategy='loop')")
         if strategy == "auto":
             strategy = "rop" if self.rop_reason is None else autograd
         self.strategy = strategy
