@@ -6,11 +6,13 @@ padding, slicing, residual additions), ``H v`` needs the activations, the backpr
 gradients at each layer's output and the ReLU/max-pool patterns of the point, which do not
 depend on ``v``. They are computed once per batch (one forward and one backward pass, by
 autograd) and kept; each product is then one tangent forward pass (``dz = W dx + dW x``) and one
-tangent backward pass (``dg_x = W^T dg_z + dW^T g_z``, ``dg_W = dg_z x^T + g_z dx^T``), with the
-k probe vectors folded into the batch dimension so that every layer does a few large matrix
-products instead of k small ones. Second derivatives of ReLU and max pooling are zero almost
-everywhere, so the only second-order terms are the bilinear ones of each parametrised layer and
-the softmax Hessian of the loss: the result is the exact Hessian, equal to double backward.
+tangent backward pass (``dg_x = W^T dg_z + dW^T g_z``, ``dg_W = dg_z x^T + g_z dx^T``). On small
+batches the k probe vectors are folded into the batch dimension, so that every layer does a few
+large matrix products instead of k small ones; on large ones each probe has its own pass, where
+a convolution's two input-gradient terms are one transposed product of ``[dg_z, g_z]`` with
+``[W; dW]``. Second derivatives of ReLU and max pooling are zero almost everywhere, so the only
+second-order terms are the bilinear ones of each parametrised layer and the softmax Hessian of
+the loss: the result is the exact Hessian, equal to double backward.
 
 ``RopEngine.check(model)`` says why a model is not supported (anything else in its graph,
 grouped convolutions, batch norm in training mode); ``HessianOperator`` then falls back to
@@ -37,6 +39,10 @@ _LINEAR_FUNCTIONS = {torch.flatten, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d
 _LINEAR_METHODS = {"flatten"}
 _RELU_FUNCTIONS = {F.relu, torch.relu}
 _ADD = {operator.add, torch.add}
+# On CPU, probes are folded into the batch axis only until a pass holds this many examples: past
+# it the matrix products are large already, and a single probe has a faster path
+# through convolutions' input gradients.
+_FOLD_EXAMPLES = 512
 
 
 def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> Optional[str]:
@@ -201,7 +207,7 @@ class RopEngine:
                         saved[node] = {"x": inp.detach()}
                 elif kind == "relu":
                     out = F.relu(args[0])
-                    saved[node] = {"mask": (out > 0).detach()}
+                    saved[node] = {"mask": (out > 0).to(out.dtype)}  # a float mask multiplies 5x faster than a bool one
                 elif kind == "maxpool":
                     m = self.modules[node.target]
                     pool = F.max_pool1d if isinstance(m, nn.MaxPool1d) else F.max_pool2d
@@ -266,6 +272,19 @@ class RopEngine:
         self.weights = [self.weights[0]] * len(merged)
 
     # tangent passes --------------------------------------------------------------------
+    def _items(self, k: int) -> list[tuple[int, slice]]:
+        """The passes of a call, as (chunk, probes) pairs. On CPU a cached chunk of at least
+        ``_FOLD_EXAMPLES`` examples takes one probe per pass; smaller chunks fold probes together,
+        and so do chunks that are not cached (their primal pass is then computed once per call)
+        and every chunk on an accelerator (one large pass beats several small ones there)."""
+        on_cpu = self.batches[0][0].device.type == "cpu"
+        items = []
+        for i in range(len(self.weights)):
+            rec = self._cache[i]
+            group = k if rec is None or not on_cpu else min(k, max(1, -(-_FOLD_EXAMPLES // rec["batch"])))
+            items += [(i, slice(start, min(k, start + group))) for start in range(0, k, group)]
+        return items
+
     def __call__(self, tangents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``sum_i weights[i] * H_i V`` for ``tangents[j]`` of shape (k, *shape of names[j]).
 
@@ -276,10 +295,10 @@ class RopEngine:
         if not self._merged:
             self._merge()
         with torch.no_grad():
-            for i, w in enumerate(self.weights):
-                for j, h in enumerate(self._batch_hvp(i, tangents)):
+            for i, probes in self._items(tangents[0].shape[0]):
+                for j, h in enumerate(self._batch_hvp(i, [t[probes] for t in tangents])):
                     if h is not None:
-                        out[j].add_(h, alpha=w)
+                        out[j][probes].add_(h, alpha=self.weights[i])
         return out
 
     def quadratic(self, tangents: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -295,17 +314,21 @@ class RopEngine:
         if not self._merged:
             self._merge()
         with torch.no_grad():
-            for i, w in enumerate(self.weights):
-                rec = self._primal(i)
-                dz = self._forward_tangents(rec, tangents, k)
-                p = rec["probs"]
-                d = dz[self.output].reshape(k, *p.shape)
-                part = (p * d * d).sum((1, 2)) - ((p * d).sum(-1) ** 2).sum(1)
-                for node, kind in self.kinds.items():
-                    if kind in ("conv", "linear", "bn") and node in self.live:
-                        part = part + 2 * self._second_order(node, kind, dz, rec["saved"][node], tangents, k)
-                total.add_(part, alpha=w)
+            for i, probes in self._items(k):
+                total[probes] += self.weights[i] * self._batch_quadratic(i, [t[probes] for t in tangents])
         return total
+
+    def _batch_quadratic(self, i: int, tangents) -> torch.Tensor:
+        k = tangents[0].shape[0]
+        rec = self._primal(i)
+        dz = self._forward_tangents(rec, tangents, k)
+        p = rec["probs"]
+        d = dz[self.output].reshape(k, *p.shape)
+        part = (p * d * d).sum((1, 2)) - ((p * d).sum(-1) ** 2).sum(1)
+        for node, kind in self.kinds.items():
+            if kind in ("conv", "linear", "bn") and node in self.live:
+                part = part + 2 * self._second_order(node, kind, dz, rec["saved"][node], tangents, k)
+        return part
 
     def _second_order(self, node, kind, dz, s, tangents, k) -> torch.Tensor:
         """<g, dW dx> at one layer for each probe (zero where either tangent is absent)."""
@@ -380,18 +403,20 @@ class RopEngine:
                     parts.append(db.view(k, 1, *scale.shape[1:]).expand(k, *xhat.shape).flatten(0, 1))
             else:
                 x = s["x"]
+                # probe i's bias tangent rides along as the bias of its weight-tangent product
+                bias = db.flatten() if db is not None and dw is not None else None
                 if kind == "linear":
                     if dx is not None:
                         parts.append(F.linear(dx, m.weight))
                     if dw is not None:
-                        parts.append(_fold(F.linear(x, dw.flatten(0, 1)), k))
+                        parts.append(_fold(F.linear(x, dw.flatten(0, 1), bias), k))
                 else:
                     conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
                     if dx is not None:
                         parts.append(conv(dx, m.weight, None, m.stride, m.padding, m.dilation))
                     if dw is not None:
-                        parts.append(_fold(conv(x, dw.flatten(0, 1), None, m.stride, m.padding, m.dilation), k))
-                if db is not None:
+                        parts.append(_fold(conv(x, dw.flatten(0, 1), bias, m.stride, m.padding, m.dilation), k))
+                if db is not None and bias is None:
                     view = (k, 1, -1) + (1,) * (x.dim() - 2)
                     db_full = db.view(view)
                     if parts:
@@ -492,7 +517,12 @@ class RopEngine:
                 return
             # convolution: the transposed products by aten's convolution backward
             conv_args = (list(m.stride), list(m.padding), list(m.dilation), False, [0] * len(m.stride), 1)
-            if need_input:
+            if need_input and k == 1 and g_out is not None and dw is not None and g is not None:
+                # both terms, W^T dg_z + dW^T g, as one transposed product of [dg_z, g] with [W; dW]
+                send(inp, torch.ops.aten.convolution_backward(
+                    torch.cat([g_out, g], 1), x, torch.cat([m.weight, dw[0]]), None, *conv_args,
+                    (True, False, False))[0])
+            elif need_input:
                 # conv_transpose, not convolution_backward: several times faster on CPU
                 transpose = F.conv_transpose1d if isinstance(m, nn.Conv1d) else F.conv_transpose2d
                 spatial = shapes[node][2:]

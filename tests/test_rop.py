@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis import rop
 from analysis.hvp import HessianOperator
 from analysis.lanczos import hutchinson_trace
 from analysis.rop import RopEngine
@@ -75,6 +76,32 @@ def test_cache_off_and_merged_chunks_give_the_same_products():
     for u, v, w in zip(a, b, c):
         assert torch.allclose(u, v, atol=1e-13) and torch.allclose(u, w, atol=1e-13)
     assert torch.allclose(merged.quadratic(V), uncached.quadratic(V), atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["everything", "resnet20", "lenet5"])
+def test_single_probe_passes_equal_folded_probes(monkeypatch, name):
+    """Large chunks take one probe per pass (and a fused input-gradient path); small ones fold the
+    probes into the batch axis. Both give the same products and quadratic forms."""
+    if name == "everything":
+        model, x, y = everything_problem(8)
+        batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    else:
+        model, shape = _registry_model(name)
+        model = model.double().eval()
+        torch.manual_seed(2)
+        batches = [(torch.randn(3, *shape, dtype=torch.float64), torch.randint(0, 10, (3,))) for _ in range(2)]
+    names = [n for n, _ in model.named_parameters()]
+    V = [torch.randn(3, *p.shape, dtype=torch.float64) for p in model.parameters()]
+    results = {}
+    for fold in (1, 10 ** 9):
+        monkeypatch.setattr(rop, "_FOLD_EXAMPLES", fold)
+        engine = RopEngine(model, names, batches, [1 / 6] * 2)
+        results[fold] = engine(V), engine.quadratic(V), engine._items(3)
+    (single, q1, items1), (folded, q2, items2) = results[1], results[10 ** 9]
+    assert len(items1) == 3 and len(items2) == 1  # one merged chunk: three passes against one
+    for a, b in zip(single, folded):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(q1, q2, rtol=1e-10, atol=1e-12)
 
 
 def _registry_model(name):
