@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--slq-probes", type=int, default=2, help="density probes (default 2)")
     parser.add_argument("--steps", type=int, default=30, help="Lanczos steps for the density (default 30)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are printed (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are printed (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--strategy", default="auto", choices=["auto", "rop", "loop", "batched"],
                         help="our Hessian-vector product (default: the R-operator where the model allows)")

@@ -78,7 +78,7 @@ def test_cache_off_and_merged_chunks_give_the_same_products():
     assert torch.allclose(merged.quadratic(V), uncached.quadratic(V), atol=1e-13)
 
 
-@pytest.mark.parametrize("name", ["everything", "resnet20", "lenet5"])
+@pytest.mark.parametrize("name", ["everything", "resnet20", "lenet5", "mnist1d_cnn"])
 def test_single_probe_passes_equal_folded_probes(monkeypatch, name):
     """Large chunks take one probe per pass (and a fused input-gradient path); small ones fold the
     probes into the batch axis. Both give the same products and quadratic forms."""
