@@ -491,7 +491,7 @@ class RopEngine:
             return dx
         if kind == "relu":
             mask = s["mask"]
-            return (dx.view(k, *mask.shape) * mask).flatten(0, 1)
+            return (mask * dx.view(k, *mask.shape)).flatten(0, 1)  # mask first: the result takes its layout
         if kind == "maxpool":
             idx = s["idx"]
             flat = dx.flatten(2).view(k, dx.shape[0] // k, dx.shape[1], -1)
@@ -506,6 +506,10 @@ class RopEngine:
         if node.op == "call_method":
             return getattr(t, node.target)(*args[1:], **node.kwargs)
         return node.target(*args, **node.kwargs)
+
+    def _is_flatten(self, node: fx.Node) -> bool:
+        return (node.target is torch.flatten or node.op == "call_method" and node.target == "flatten"
+                or node.op == "call_module" and isinstance(self.modules[node.target], nn.Flatten))
 
     def _tangent_backward(self, node, kind, g_out, dz, dg, s, shapes, tangents, k, result):
         args = node.args
@@ -610,7 +614,7 @@ class RopEngine:
             send(inp, g_out)
         elif kind == "relu":
             mask = s["mask"]
-            send(inp, (g_out.view(k, *mask.shape) * mask).flatten(0, 1))
+            send(inp, (mask * g_out.view(k, *mask.shape)).flatten(0, 1))
         elif kind == "maxpool":
             idx, in_shape = s["idx"], s["in_shape"]
             b = idx.shape[0]
@@ -619,6 +623,9 @@ class RopEngine:
             send(inp, flat.view(k * b, *in_shape))
         else:  # a linear op: its transpose by autograd on a zero point of the tangent's shape
             shape = (k * shapes[inp][0], *shapes[inp][1:])
+            if self._is_flatten(node):  # the transpose of a flatten is a reshape back
+                send(inp, g_out.reshape(shape))
+                return
             with torch.enable_grad():
                 u = g_out.new_zeros(shape, requires_grad=True)
                 (back,) = torch.autograd.grad(self._apply_linear(node, u), u, g_out)
