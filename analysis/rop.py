@@ -116,6 +116,12 @@ def _unfold(t: torch.Tensor, k: int) -> torch.Tensor:
     return t.reshape(k, kb // k, c, *t.shape[2:]).transpose(0, 1).reshape(kb // k, k * c, *t.shape[2:])
 
 
+def _per_probe(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``a @ w[i]`` for each i: a shared (B, ..., n) tensor against k matrices (k, n, m), giving
+    (k, B, ..., m). A linear layer's input may have any number of leading axes."""
+    return torch.matmul(a.unsqueeze(0), w.view(w.shape[0], *(1,) * (a.dim() - 2), *w.shape[1:]))
+
+
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
     """A (B, C, L) tensor stored channels-fastest, as the (B, C, 1, L) channels-last tensor it
     views. CPU backends take 1-D convolutions in that layout without a reorder; on the MNIST-1D
@@ -392,7 +398,7 @@ class RopEngine:
         if kind == "bn":
             prod = dx.view(k, *g.shape) * (dw.view(k, 1, *s["scale"].shape[1:]) * s["scale"])
         elif kind == "linear":
-            prod = torch.matmul(dx.view(k, *s["x"].shape), dw.transpose(1, 2))
+            prod = torch.matmul(dx.reshape(k, -1, dx.shape[-1]), dw.transpose(1, 2)).reshape(k, *g.shape)
         else:
             conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
             # probe i's input against probe i's weights: a grouped convolution over the probes
@@ -454,20 +460,23 @@ class RopEngine:
                     parts.append(db.view(k, 1, *scale.shape[1:]).expand(k, *xhat.shape).flatten(0, 1))
             else:
                 x = s["x"]
-                # probe i's bias tangent rides along as the bias of its weight-tangent product
+                # probe i's bias tangent rides along with its weight-tangent product
                 bias = db.flatten() if db is not None and dw is not None else None
                 if kind == "linear":
                     if dx is not None:
                         parts.append(F.linear(dx, m.weight))
                     if dw is not None:
-                        parts.append(_fold(F.linear(x, dw.flatten(0, 1), bias), k))
+                        prod = _per_probe(x, dw.transpose(1, 2))
+                        if db is not None:
+                            prod = prod + db.view(k, *(1,) * (x.dim() - 1), -1)
+                        parts.append(prod.flatten(0, 1))
                 else:
                     if dx is not None:
                         parts.append(_conv(m, dx, m.weight))
                     if dw is not None:
                         parts.append(_fold(_conv(m, x, dw.flatten(0, 1), bias), k))
-                if db is not None and bias is None:
-                    view = (k, 1, -1) + (1,) * (x.dim() - 2)
+                if db is not None and bias is None:  # features on axis 1 (conv) or last (linear)
+                    view = (k, 1, -1) + (1,) * (x.dim() - 2) if kind == "conv" else (k, *(1,) * (x.dim() - 1), -1)
                     db_full = db.view(view)
                     if parts:
                         parts[0] = (parts[0].view(k, -1, *parts[0].shape[1:]) + db_full).flatten(0, 1)
@@ -556,18 +565,19 @@ class RopEngine:
                     if g_out is not None:
                         parts.append(g_out @ m.weight)
                     if dw is not None and g is not None:
-                        parts.append(torch.matmul(g, dw).flatten(0, 1))
+                        parts.append(_per_probe(g, dw).flatten(0, 1))
                     send(inp, sum(parts[1:], parts[0]) if parts else None)
                 if w_name is not None:
                     total = None
                     if g_out is not None:
-                        total = torch.matmul(g_out.view(k, -1, g_out.shape[-1]).transpose(1, 2), x)
+                        total = torch.matmul(g_out.reshape(k, -1, g_out.shape[-1]).transpose(1, 2),
+                                             x.reshape(-1, x.shape[-1]))
                     if dx is not None and g is not None:
-                        extra = torch.matmul(g.t(), dx.view(k, -1, dx.shape[-1]))
+                        extra = torch.matmul(g.reshape(-1, g.shape[-1]).t(), dx.reshape(k, -1, dx.shape[-1]))
                         total = extra if total is None else total + extra
                     _accumulate(result, self.index[w_name], total)
                 if b_name is not None and g_out is not None:
-                    _accumulate(result, self.index[b_name], g_out.view(k, -1, g_out.shape[-1]).sum(1))
+                    _accumulate(result, self.index[b_name], g_out.reshape(k, -1, g_out.shape[-1]).sum(1))
                 return
             # convolution: the transposed products by aten's convolution backward
             if need_input and k == 1 and g_out is not None and dw is not None and g is not None:

@@ -104,6 +104,33 @@ def test_single_probe_passes_equal_folded_probes(monkeypatch, name):
     assert torch.allclose(q1, q2, rtol=1e-10, atol=1e-12)
 
 
+class LinearOverLength(nn.Module):
+    """A linear layer applied along the last axis of a (B, C, L) activation, then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 3, padding=1)
+        self.mix = nn.Linear(8, 5)
+        self.head = nn.Linear(20, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mix(torch.relu(self.conv(x)))).flatten(1))
+
+
+@pytest.mark.parametrize("fold", [1, 10 ** 9])
+def test_linear_layers_on_inputs_with_leading_axes(monkeypatch, fold):
+    monkeypatch.setattr(rop, "_FOLD_EXAMPLES", fold)
+    torch.manual_seed(0)
+    model = LinearOverLength().double().eval()
+    batches = [(torch.randn(5, 2, 8, dtype=torch.float64), torch.randint(0, 3, (5,))) for _ in range(2)]
+    ours = HessianOperator(model, batches, strategy="rop")
+    loop = HessianOperator(model, batches, strategy="loop")
+    V = torch.randn(3, ours.dim, dtype=torch.float64)
+    expected = loop(V)
+    assert torch.allclose(ours(V), expected, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(ours.quadratic_form(V), (V * expected).sum(1), rtol=1e-10, atol=1e-12)
+
+
 def _registry_model(name):
     for shape in [(1, 40), (1, 28, 28), (3, 32, 32)]:
         try:
