@@ -131,6 +131,13 @@ def analyze(path: str | Path, settings: Settings = Settings(), data_dir: Optiona
         bar.update(1)
         return out
 
+    def quadratic_form(V):  # hutchinson_trace asks for v^T H v directly when the operator offers it
+        out = op.quadratic_form(V)
+        bar.update(1)
+        return out
+
+    matvec.quadratic_form = quadratic_form
+
     gen = generator(settings.seed, "hessian-probes")
     result: dict = {
         "checkpoint": str(path), "model": ckpt["model"]["name"], "dataset": data.name,

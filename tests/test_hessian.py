@@ -148,6 +148,7 @@ def test_cli_end_to_end_on_training_checkpoints(checkpoints, tmp_path, capsys):
     assert len(data["results"]) == 2 and data["results"][0]["examples"] == 200
     assert data["results"][0]["settings"]["mode"] == "eval"
     first = data["results"][0]
+    assert first["hvp_strategy"] == "rop" and first["quadratic_forms"] == 8  # the trace skips the products
     assert first["top_eigenvalues"] == sorted(first["top_eigenvalues"], reverse=True)
     assert np.trapezoid(first["density"]["density"], first["density"]["grid"]) == pytest.approx(1, abs=1e-6)
     assert (tmp_path / "hessian_density.png").exists()
