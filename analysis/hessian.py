@@ -244,7 +244,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per batch (default {d.batch_size})")
     p.add_argument("--probes", type=int, default=d.probes, help=f"Rademacher probes for the trace (default {d.probes})")
     p.add_argument("--slq-probes", type=int, default=d.slq_probes,
-                   help=f"probes for the density, each a Lanczos run; all advance in one pass (default {d.slq_probes})")
+                   help=f"probes for the density, each a Lanczos run; all advance together, sharing each "
+                        f"batch's cached forward pass (default {d.slq_probes})")
     p.add_argument("--lanczos-steps", type=int, default=d.lanczos_steps,
                    help=f"Lanczos steps per density probe (default {d.lanczos_steps})")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for probes and --samples (default 0)")
