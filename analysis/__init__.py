@@ -9,3 +9,6 @@
 - ``analysis.supermask``: supermask accuracy, Zhou et al.'s mask criteria, mask similarity.
 - ``analysis.tickets``: seed 003's ticket-search metrics from a search's replicates.
 """
+from training.cli import quiet_interrupts_during_import as _quiet
+
+_quiet()

@@ -22,3 +22,37 @@ def save_png(fig, path: Path, dpi: int = 120) -> None:
     fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
     tmp.replace(path)
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def line_style(index: int, colors: int = 10) -> dict:
+    """Colour and dash pattern of the ``index``-th series: the ten default colours first, then the
+    same colours again with the next dash pattern, so no two of up to 40 series look alike."""
+    return {"color": f"C{index % colors}", "linestyle": LINE_STYLES[(index // colors) % len(LINE_STYLES)]}
+
+
+def checkpoint_label(path, ckpt: dict) -> str:
+    """A readable legend label for a checkpoint: ``ALGORITHM-HASH6 L<level> <kind> <density>%``
+    (e.g. ``imp-3fa2c1 L4 final 41.0%``), falling back to the file name for foreign files."""
+    meta = ckpt.get("meta") or {}
+    if "run_hash" not in meta:
+        return Path(path).name
+    mask = ckpt.get("mask")
+    density = meta.get("density")
+    if density is None and mask:
+        kept = sum(int(m.sum()) for m in mask.values())
+        density = kept / max(1, sum(m.numel() for m in mask.values()))
+    text = f"{meta.get('algorithm', 'run')}-{str(meta['run_hash'])[:6]} L{meta.get('level', '?')} {meta.get('kind', Path(path).stem)}"
+    return text + (f" {100 * density:.1f}%" if density is not None else "")
+
+
+def unique_labels(labels: list[str]) -> list[str]:
+    """``labels`` with repeats made distinct by a ``(2)``, ``(3)``... suffix, in order."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out

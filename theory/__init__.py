@@ -8,3 +8,6 @@ matplotlib, not torch.
 
 Command line: ``python -m theory {lueker,diamond,network}`` writes JSON and a PNG.
 """
+from .cli import quiet_interrupts_during_import as _quiet
+
+_quiet()

@@ -8,3 +8,6 @@ Programmatic entry points::
     from training.rise import run_rise         # RISE-R (seed 000 Alg. 3)
     from training.checkpoint import load      # checkpoint -> ready model, mask and dataset
 """
+from .cli import quiet_interrupts_during_import as _quiet
+
+_quiet()

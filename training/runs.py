@@ -75,6 +75,7 @@ class Run:
     extra_identity: tuple[str, ...] = ()
     on_epoch_end: Optional[Callable[[int], None]] = None
     validate: Optional[Callable[[nn.Module], None]] = None
+    model_seed: Optional[int] = None  # the seed W^0 was drawn from, when not the run's (reinit controls)
     data: Dataset = field(init=False)
 
     def __post_init__(self) -> None:
@@ -114,12 +115,13 @@ class Run:
         ``extra["masked_weights"]`` says what the weights outside the mask hold: ``"zero"``
         (pruned, the default) or ``"frozen"`` (RISE: kept at their W^k values)."""
         path = self.level_dir(level) / f"{kind}.pt"
+        model_seed = self.config.training.seed if self.model_seed is None else self.model_seed
         meta = {"run_hash": self.hash, "algorithm": self.algorithm, "level": level, "kind": kind,
                 "seed": self.config.training.seed, "config": self.config.to_dict(), "masked_weights": "zero",
                 **(extra or {})}
         ckpt_io.atomic_save(ckpt_io.make_checkpoint(
             model, model_name=self.config.model.model, num_classes=self.data.num_classes,
-            input_shape=self.data.input_shape, seed=self.config.training.seed, dataset=self.config.dataset,
+            input_shape=self.data.input_shape, seed=model_seed, dataset=self.config.dataset,
             mask=mask, iteration=iteration, iterations_per_epoch=self.iterations_per_epoch, meta=meta), path)
         return path
 

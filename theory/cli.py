@@ -1,0 +1,64 @@
+"""What theory's command line shares with the toolkit's others: one-line errors, quiet Ctrl-C and
+output folders checked before any work starts. ``theory`` stands alone (no torch, no
+``training``), so it keeps its own copy of these few lines (see ``training/cli.py``)."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+
+def _exit_interrupted(signum, frame) -> None:  # pragma: no cover - exercised through a subprocess
+    os.write(2, b"interrupted\n")
+    os._exit(130)
+
+
+def quiet_interrupts_during_import() -> None:
+    """Under ``python -m theory``, Ctrl-C during the imports prints ``interrupted``, exits 130."""
+    if sys.argv[:1] == ["-m"]:
+        try:
+            signal.signal(signal.SIGINT, _exit_interrupted)
+        except ValueError:
+            pass
+
+
+def run_command(body: Callable[[], Optional[int]]) -> int:
+    """Run a command's body: ``InputError`` -> one line and 2, Ctrl-C -> ``interrupted`` and 130."""
+    from .subset_sum import InputError  # numba: imported after the quiet Ctrl-C handler is in place
+
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:
+        pass
+    try:
+        status = body()
+        return 0 if status is None else int(status)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def writable_dir(path: Union[str, Path], flag: str = "--out") -> Path:
+    """Create ``path`` if needed and check a file can be written there; return it. ``InputError``
+    (one line naming ``flag``) otherwise."""
+    from .subset_sum import InputError
+
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{flag} {folder} is a file, not a folder; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{flag} {folder} cannot be created: {exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{flag} {folder} is not writable: {exc.strerror or exc}") from None
+    return folder

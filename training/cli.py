@@ -1,0 +1,78 @@
+"""What every command line of the toolkit shares: one-line errors, quiet Ctrl-C, output folders
+that are checked before any work starts.
+
+``analysis`` uses these too; ``theory`` stands alone and keeps its own copy of the few lines it
+needs (``theory/cli.py``).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from .errors import UserError
+
+
+def _exit_interrupted(signum, frame) -> None:  # pragma: no cover - exercised through a subprocess
+    os.write(2, b"interrupted\n")
+    os._exit(130)
+
+
+def quiet_interrupts_during_import() -> None:
+    """When the process was started as ``python -m PACKAGE...``, make Ctrl-C during the slow
+    imports (torch takes a second) print ``interrupted`` and exit 130 instead of a traceback.
+
+    ``run_command`` puts Python's own handler back once the command's body starts, so that
+    ``KeyboardInterrupt`` unwinds normally (files are closed, locks released) from then on. A
+    library import (``import training`` in a notebook) is left alone."""
+    if sys.argv[:1] == ["-m"]:
+        try:
+            signal.signal(signal.SIGINT, _exit_interrupted)
+        except ValueError:  # not the main thread
+            pass
+
+
+def run_command(body: Callable[[], Optional[int]], interrupted: str = "interrupted") -> int:
+    """Run a command's body; return its exit status.
+
+    ``UserError`` prints ``error: MESSAGE`` (one line) and returns 2; Ctrl-C prints
+    ``interrupted`` (``interrupted``'s text) and returns 130; anything else is a bug and raises."""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:
+        pass
+    try:
+        status = body()
+        return 0 if status is None else int(status)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `... | head`: the reader left; nothing to report
+        return 0
+
+
+def writable_dir(path: Union[str, Path], flag: str = "--out") -> Path:
+    """Create folder ``path`` (and its parents) if needed and check that a file can be written in
+    it; return it as a ``Path``. Raises ``UserError`` with one line naming ``flag`` otherwise.
+
+    Commands call this before any work starts, so that nothing computed is lost to an output
+    folder that cannot be written."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file, not a folder; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {folder} cannot be created: {exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{flag} {folder} is not writable: {exc.strerror or exc}") from None
+    return folder
