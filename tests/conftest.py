@@ -32,3 +32,20 @@ def tiny_config(**training) -> Config:
     hp.update(training)
     return Config(DatasetHparams(mnist1d_samples=500), ModelHparams("mnist1d_mlp"), TrainingHparams(**hp),
                   PruningHparams(fraction=0.2))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """Three tiny finished runs for the analysis tools: two dense logistic regressions from
+    different seeds (the first with a checkpoint at iteration 5) and a 2-level IMP run."""
+    from training.imp import run_imp, run_train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(train_for="2ep")
+    cfg.model.model = "linear"
+    logistic = run_train(cfg, "0,5it", out=out, progress=False)
+    other = tiny_config(train_for="2ep", seed=3)
+    other.model.model = "linear"
+    logistic_b = run_train(other, out=out, progress=False)
+    imp = run_imp(tiny_config(train_for="2ep"), levels=2, out=out, progress=False)
+    return logistic, logistic_b, imp

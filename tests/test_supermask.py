@@ -2,17 +2,8 @@
 import pytest
 import torch
 
-from tests.conftest import tiny_config
 from training.checkpoint import read_checkpoint
 from training.errors import UserError
-from training.imp import run_imp
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("runs")
-    imp = run_imp(tiny_config(train_for="2ep"), levels=2, out=out, progress=False)
-    return None, None, imp
 
 
 def test_supermask_with_everything_kept_is_the_init_network(runs):
