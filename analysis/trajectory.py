@@ -1,4 +1,5 @@
-"""Trajectory length (Raghu et al. 2017; seed 003): how much a network stretches a circle.
+"""Trajectory length (Raghu et al. 2017, as used by Sahu et al., "Not all lotteries are made equal"):
+how much a network stretches a circle.
 
 For two inputs x0, x1 the closed arc x(t) = cos(t) x0 + sin(t) x1, t in [0, 2 pi), is sampled at N
 points and pushed through the network; its length at the logits (optionally after every
@@ -7,7 +8,8 @@ joined back to the first. The result is averaged over M random pairs of test inp
 spread. The relative change when N doubles says whether N is large enough.
 
 ``python -m analysis.trajectory A.pt [B.pt ...]`` also reports TL_gain = (TL_B - TL_A) / TL_A x 100
-of every later checkpoint against the first (seed 003), on the same pairs.
+of every later checkpoint against the first (Sahu et al.), on the same pairs, and plots the length
+against the density with one series per run.
 """
 from __future__ import annotations
 
@@ -22,13 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import atomic_write_text, load
+from training.checkpoint import atomic_write_text, load, read_checkpoint
+from training.cli import run_command, writable_dir
 from training.errors import UserError
 from training.masks import PRUNABLE_TYPES
 from training.runs import resolve_device
 from training.seeding import generator
 
-from .figure_io import pyplot, save_png
+from .figure_io import checkpoint_label, line_style, pyplot, save_png, unique_labels
 
 
 def arc(x0: torch.Tensor, x1: torch.Tensor, points: int) -> torch.Tensor:
@@ -69,12 +72,17 @@ def arc_lengths(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor, points: in
     return lengths
 
 
+def check_options(pairs: int, points: int) -> None:
+    """Refuse ``--pairs`` below 1 and ``--points`` below 3 (a closed polygon needs three corners)."""
+    if pairs < 1 or points < 3:
+        raise UserError(f"need --pairs >= 1 and --points >= 3, got {pairs} and {points}")
+
+
 def trajectory_length(model: nn.Module, inputs: torch.Tensor, pairs: int = 16, points: int = 1000,
                       seed: int = 0, layers: bool = False) -> dict:
     """Mean and spread over ``pairs`` random input pairs of the arc length, and its convergence:
     the relative change of the mean when the number of points doubles."""
-    if pairs < 1 or points < 3:
-        raise UserError(f"need --pairs >= 1 and --points >= 3, got {pairs} and {points}")
+    check_options(pairs, points)
     if len(inputs) < 2:
         raise UserError("need at least two inputs to draw arcs between")
     gen = generator(seed, "trajectory-pairs")
@@ -84,75 +92,212 @@ def trajectory_length(model: nn.Module, inputs: torch.Tensor, pairs: int = 16, p
     logits = np.array([p["logits"] for p in per_pair])
     result = {"mean": float(logits.mean()), "std": float(logits.std(ddof=1)) if pairs > 1 else 0.0,
               "pairs": pairs, "points": points, "per_pair": logits.tolist(),
-              "relative_change_when_points_double": float(abs(np.mean(doubled) - logits.mean()) / logits.mean())}
+              "relative_change_when_points_double":
+                  float(abs(np.mean(doubled) - logits.mean()) / logits.mean()) if logits.mean() > 0 else 0.0}
     if layers:
         result["layers"] = {name: float(np.mean([p[name] for p in per_pair])) for name in per_pair[0] if name != "logits"}
     return result
 
 
-def gain(sparse: float, dense: float) -> float:
-    """Seed 003's TL_gain (and A_gain): (sparse - dense) / dense x 100."""
+def gain(sparse: float, dense: float) -> Optional[float]:
+    """Sahu et al.'s TL_gain (and A_gain), in percent: (sparse - dense) / dense x 100; None when
+    ``dense`` is 0 (no relative change is defined)."""
+    if dense == 0:
+        return None
     return (sparse - dense) / dense * 100
 
 
+OUTPUTS = ("trajectory.json", "trajectory.png")
+
+
+def _density(ckpt: dict) -> float:
+    """Fraction of prunable weights kept (meta's, else counted from the mask; 1.0 without a mask)."""
+    density = (ckpt.get("meta") or {}).get("density")
+    if density is None and ckpt.get("mask"):
+        mask = ckpt["mask"]
+        density = sum(int(m.sum()) for m in mask.values()) / max(1, sum(m.numel() for m in mask.values()))
+    return 1.0 if density is None else float(density)
+
+
+def describe(path: str | Path) -> dict:
+    """What the plot and the report need to know of the checkpoint at ``path``, read without
+    building the model: its label, its run (``run``: ``ALGORITHM-HASH6``, or the file name for a
+    file no run wrote), kind, level, density (fraction) and dataset. Raises ``UserError`` for a
+    file that is not a checkpoint."""
+    ckpt = read_checkpoint(Path(path))
+    meta = ckpt.get("meta") or {}
+    run = (f"{meta.get('algorithm', 'run')}-{str(meta['run_hash'])[:6]}" if "run_hash" in meta
+           else Path(path).name)
+    run_key = f"{meta.get('algorithm', 'run')}-{meta['run_hash']}" if "run_hash" in meta else str(path)
+    return {"checkpoint": str(path), "label": checkpoint_label(path, ckpt), "run": run, "run_key": run_key,
+            "kind": meta.get("kind", Path(path).stem), "level": meta.get("level"), "density": _density(ckpt),
+            "dataset": ckpt.get("dataset")}
+
+
 def analyze(paths: list[str], pairs: int = 16, points: int = 1000, seed: int = 0, layers: bool = False,
-            device: str = "auto", data_dir: Optional[str] = None) -> list[dict]:
+            device: str = "auto", data_dir: Optional[str] = None,
+            described: Optional[list[dict]] = None) -> list[dict]:
+    """Trajectory length of each checkpoint (``trajectory_length``'s fields, lengths in the units of
+    the logits) with its ``describe`` fields, and ``tl_gain_vs_first`` (percent) of every later
+    checkpoint of the same dataset against the first checkpoint given."""
+    check_options(pairs, points)
     dev = resolve_device(device)
+    described = described or [describe(p) for p in paths]
     results = []
-    for path in paths:
+    for path, info in zip(paths, described):
         loaded = load(path, dev, data_dir)
         r = trajectory_length(loaded.model, loaded.dataset.test.x, pairs, points, seed, layers)
-        r.update({"checkpoint": str(path), "level": loaded.checkpoint["meta"].get("level"),
-                  "density": loaded.checkpoint["meta"].get("density")})
-        if results:
-            r["tl_gain_vs_first"] = gain(r["mean"], results[0]["mean"])
+        r.update({k: v for k, v in info.items() if k != "dataset"})
+        if results and info["dataset"] == described[0]["dataset"]:
+            tl_gain = gain(r["mean"], results[0]["mean"])
+            if tl_gain is not None:
+                r["tl_gain_vs_first"] = tl_gain
         results.append(r)
+        del loaded
     return results
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.trajectory",
-                                description="Trajectory length of checkpoints (Raghu et al. 2017), and TL_gain "
-                                            "of each against the first (seed 003).",
-                                epilog="example:\n  python -m analysis.trajectory runs/imp-*/level_0/final.pt "
-                                       "runs/imp-*/level_4/final.pt",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--pairs", type=int, default=16, help="random pairs of test inputs (default 16)")
-    p.add_argument("--points", type=int, default=1000, help="points on each arc (default 1000)")
-    p.add_argument("--layers", action="store_true", help="also measure after every conv/linear layer")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir")
-    p.add_argument("--out", default="trajectory-out")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    try:
-        results = analyze(args.checkpoints, args.pairs, args.points, args.seed, args.layers, args.device,
-                          args.data_dir)
-        for r in results:
-            extra = f", TL_gain {r['tl_gain_vs_first']:+.2f}%" if "tl_gain_vs_first" in r else ""
-            print(f"{r['checkpoint']}: trajectory length {r['mean']:.4g} +- {r['std']:.2g} over {r['pairs']} arcs "
-                  f"(changes {100 * r['relative_change_when_points_double']:.3f}% when points double){extra}")
-        atomic_write_text(out / "trajectory.json", json.dumps({"results": results}, indent=1) + "\n")
-        _plot(results, out / "trajectory.png")
-        print(f"wrote {out / 'trajectory.json'} and {out / 'trajectory.png'}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def series(results: list[dict]) -> list[dict]:
+    """The plot's series: one per run (and per checkpoint kind when several kinds of one run are
+    given), in the order first met, each with a unique ``label`` and its ``points`` sorted from
+    dense to sparse. Checkpoints of different runs never share a series."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r.get("run_key", r["run"]), r["kind"]), []).append(r)
+    kinds_per_run: dict[str, set] = {}
+    for run, kind in groups:
+        kinds_per_run.setdefault(run, set()).add(kind)
+    out = []
+    for (run, kind), members in groups.items():
+        name = members[0]["run"] + (f" {kind}" if len(kinds_per_run[run]) > 1 else "")
+        out.append({"label": name, "points": sorted(members, key=lambda r: -r["density"])})
+    for s, label in zip(out, unique_labels([s["label"] for s in out])):
+        s["label"] = label
+    return out
+
+
+def figure(results: list[dict]):
+    """The trajectory-length plot: length at the logits (mean +- std over the arcs) against the
+    weights remaining in percent, one line per run, each point marked with its level."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = series(results)
+    for i, s in enumerate(groups):
+        x = [100 * r["density"] for r in s["points"]]
+        y = [r["mean"] for r in s["points"]]
+        ax.errorbar(x, y, yerr=[r["std"] for r in s["points"]], marker="o", capsize=3, label=s["label"],
+                    **line_style(i))
+        for r, xi, yi in zip(s["points"], x, y):
+            if r.get("level") is not None:
+                ax.annotate(f"L{r['level']}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=line_style(i)["color"])
+    densities = [100 * r["density"] for r in results]
+    log = min(densities) > 0 and max(densities) / min(densities) > 10
+    if log:
+        ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.invert_xaxis()
+    r0 = results[0]
+    ax.set(xlabel="weights remaining (% of prunable weights" + (", log scale)" if log else ")"),
+           ylabel="trajectory length at the logits\n(logit units, mean ± std over arcs)",
+           title=f"trajectory length of closed arcs through pairs of test inputs "
+                 f"({r0['pairs']} pairs, {r0['points']} points per arc)")
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3)
+    where = {"loc": "best"} if len(groups) <= 3 else {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+    ax.legend(fontsize=8, title="run (points marked\nwith their level)", title_fontsize=8,
+              ncol=1 if len(groups) <= 20 else 2, **where)
+    fig.tight_layout()
+    return fig
 
 
 def _plot(results: list[dict], path: Path) -> None:
-    plt = pyplot()
+    save_png(figure(results), path, dpi=120)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = [100 * (r["density"] if r["density"] is not None else 1.0) for r in results]
-    ax.errorbar(x, [r["mean"] for r in results], yerr=[r["std"] for r in results], marker="o", capsize=3)
-    ax.set(xlabel="weights remaining (%)", ylabel="trajectory length (logits)", title="trajectory length")
-    ax.invert_xaxis()
-    fig.tight_layout()
-    save_png(fig, path, dpi=120)
+
+def remove_outputs(out: Path, names: tuple[str, ...]) -> None:
+    """Delete the files an earlier call wrote under these names, so that ``out`` never holds
+    results that look like this call's but are not."""
+    for name in names:
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+HELP = """\
+Trajectory length (Raghu et al. 2017) of each checkpoint: the length, in logit units, of the image
+of a circle through two test inputs, averaged over --pairs random pairs (mean +- std), as
+Sahu et al., "Not all lotteries are made equal", use it to compare tickets with their dense network.
+
+reads:   the checkpoints given (each brings its model and its dataset: MNIST-1D is generated,
+         MNIST/CIFAR are read from --data-dir)
+prints:  one line per checkpoint: its label (run, level, kind, density), the length +- its spread,
+         how much it changes when the points per arc double (small = --points is enough), and
+         TL_gain = (TL - TL_first) / TL_first x 100 against the first checkpoint given (same dataset)
+writes:  --out/trajectory.json (every number printed, and the length of every arc) and
+         --out/trajectory.png (length against weights remaining in %, one line per run, each point
+         marked with its level). Files an earlier call left there are removed first.
+"""
+
+EPILOG = """\
+example (the dense network and two tickets of the newest IMP run):
+  RUN=$(ls -td runs/imp-* | head -1)
+  python -m analysis.trajectory $RUN/level_0/final.pt $RUN/level_1/final.pt $RUN/level_2/final.pt
+Give checkpoints of several runs to compare them: each run is drawn as its own line.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.trajectory", description=HELP, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="checkpoint files (.pt) of runs; TL_gain is against the first")
+    p.add_argument("--pairs", type=int, default=16, help="random pairs of test inputs, one arc each (default 16)")
+    p.add_argument("--points", type=int, default=1000, help="points on each arc, at least 3 (default 1000)")
+    p.add_argument("--layers", action="store_true",
+                   help="also measure the length after every conv/linear layer (in the JSON only)")
+    p.add_argument("--seed", type=int, default=0, help="seed that picks the pairs (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
+    p.add_argument("--out", default="trajectory-out",
+                   help="folder for trajectory.json and trajectory.png (default: trajectory-out)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the command line; return the exit status (0, 2 for bad input, 130 on Ctrl-C)."""
+    args = parser().parse_args(argv)
+
+    def body() -> None:
+        check_options(args.pairs, args.points)
+        resolve_device(args.device)
+        described = [describe(path) for path in args.checkpoints]
+        out = writable_dir(args.out)
+        remove_outputs(out, OUTPUTS)
+        results = analyze(args.checkpoints, args.pairs, args.points, args.seed, args.layers, args.device,
+                          args.data_dir, described=described)
+        first = results[0]["label"]
+        for r in results:
+            if "tl_gain_vs_first" in r:
+                extra = f", TL_gain {r['tl_gain_vs_first']:+.2f}% vs {first}"
+            elif r is results[0]:
+                extra = ""
+            elif results[0]["mean"] == 0:
+                extra = ", no TL_gain (the first checkpoint's length is 0)"
+            else:
+                extra = ", no TL_gain (its dataset settings differ from the first checkpoint's)"
+            print(f"{r['label']} ({r['checkpoint']}): trajectory length {r['mean']:.4g} +- {r['std']:.2g} "
+                  f"over {r['pairs']} arcs (changes {100 * r['relative_change_when_points_double']:.3f}% "
+                  f"when points double){extra}")
+        atomic_write_text(out / "trajectory.json", json.dumps({"results": results}, indent=1) + "\n")
+        _plot(results, out / "trajectory.png")
+        print(f"wrote {out / 'trajectory.json'} and {out / 'trajectory.png'}")
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,12 @@ def test_linear_network_traces_the_ellipse():
     perimeter, _ = quad(lambda t: np.linalg.norm(-math.sin(t) * u + math.cos(t) * v), 0, 2 * math.pi, limit=200)
     length = arc_lengths(model, x0, x1, points=4000)["logits"]
     assert length == pytest.approx(perimeter, rel=1e-3)
-    points = arc(x0, x1, 500)
-    assert closed_length(model(points)) == pytest.approx(closed_length(model(points.flip(0))), rel=1e-12)
+    # the polygon is closed: the last point joins the first (a unit square has length 4, not 3)
+    square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    assert closed_length(square) == pytest.approx(4.0)
+    # the arc starts at x0 and passes through x1 a quarter of the way round
+    points = arc(x0, x1, 400)
+    assert torch.allclose(points[0], x0) and torch.allclose(points[100], x1, atol=1e-12)
 
 
 def test_trajectory_cli_reports_gain(runs, tmp_path, capsys):
@@ -34,8 +38,12 @@ def test_trajectory_cli_reports_gain(runs, tmp_path, capsys):
             "--points", "200", "--out", str(tmp_path)]
     assert trajectory_main(argv) == 0
     data = json.loads((tmp_path / "trajectory.json").read_text())["results"]
-    assert data[1]["tl_gain_vs_first"] == pytest.approx(gain(data[1]["mean"], data[0]["mean"]))
-    assert "TL_gain" in capsys.readouterr().out
+    expected = gain(data[1]["mean"], data[0]["mean"])
+    assert data[0]["mean"] != data[1]["mean"] and "tl_gain_vs_first" not in data[0]
+    assert data[1]["tl_gain_vs_first"] == pytest.approx(expected)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].endswith(f"TL_gain {expected:+.2f}% vs {data[0]['label']}")
+    assert "TL_gain" not in printed[0]
 
 
 def stage(density, val, test, tl=None):
