@@ -1,4 +1,5 @@
-"""Early stopping on the validation split, and seed 003's ticket search over replicates."""
+"""Early stopping on the validation split, and the ticket search (Sahu et al., "Not all lotteries are
+made equal") over replicates."""
 import json
 
 import pytest
@@ -28,19 +29,31 @@ def test_final_weights_are_the_best_validation_evaluation(data_dir, tmp_path):
     assert final["meta"]["results"]["stopped_at"] == 48  # patience 0: all 6 epochs of 8 iterations (320 / 40)
 
     # the stored weights really are the ones evaluated at that iteration: retrain to it and compare
+    assert 0 < best["iteration"] < 48  # trained past W^0, and not simply the last step
     cfg2 = config(train_for=f"{best['iteration']}it")
-    cfg2.training.schedule = cfg.training.schedule
-    if best["iteration"] > 0:
-        again = run_imp(cfg2, levels=1, out=tmp_path / "again", progress=False)
-        w = read_checkpoint(again.dir / "level_0" / "final.pt")["state_dict"]
-        assert all(torch.equal(w[k], final["state_dict"][k]) for k in w)
+    again = run_imp(cfg2, levels=1, out=tmp_path / "again", progress=False)
+    w = read_checkpoint(again.dir / "level_0" / "final.pt")["state_dict"]
+    assert all(torch.equal(w[k], final["state_dict"][k]) for k in w)
 
 
 def test_patience_stops_training_early(data_dir, tmp_path):
     run = run_imp(config(early_stopping=1, lr=0.5), levels=1, out=tmp_path, progress=False)
     final = read_checkpoint(run.dir / "level_0" / "final.pt")
-    assert final["meta"]["results"]["stopped_at"] < 48
+    assert final["meta"]["results"]["stopped_at"] == 24
     assert final["meta"]["backprop_macs"]["examples"] < 6 * 320  # cost counts only what was trained
+
+
+def test_early_stopping_before_the_rewind_point_still_saves_w_k(data_dir, tmp_path):
+    # patience 1 at lr 0.5 runs out at iteration 24 (see test_patience_stops_training_early); k = 4ep = 32
+    cfg = config(early_stopping=1, lr=0.5)
+    cfg.pruning.rewind = "4ep"
+    run = run_imp(cfg, levels=2, out=tmp_path, progress=False)
+    rewind = read_checkpoint(run.dir / "level_0" / "rewind.pt")
+    assert rewind["step"]["iteration"] == 32
+    level0 = read_checkpoint(run.dir / "level_0" / "final.pt")["meta"]["results"]
+    assert level0["stopped_at"] == 32  # trained on to k, then stopped (patience had run out)
+    level1 = read_checkpoint(run.dir / "level_1" / "final.pt")
+    assert level1["meta"]["start_iteration"] == 32 and 32 < level1["meta"]["results"]["stopped_at"] <= 48
 
 
 class Killed(Exception):

@@ -58,17 +58,32 @@ def test_lengths_are_validated():
         check_lengths(TrainingHparams(schedule="step"), 10)
 
 
-def test_nan_loss_stops_names_the_step_and_keeps_last_good_state(data_dir, tmp_path):
+@pytest.mark.parametrize("milestones", ["50ep", "30ep", "10ep,300it"])
+def test_milestones_at_or_after_the_end_are_refused(milestones):
+    hp = TrainingHparams(train_for="30ep", schedule="step", milestones=milestones)
+    with pytest.raises(UserError, match=r"^--milestones point \d+(ep|it) \(iteration \d+\) is not before the end"):
+        check_lengths(hp, 10)
+
+
+def test_milestone_just_before_the_end_decays_the_rate():
+    hp = TrainingHparams(lr=0.1, train_for="30ep", schedule="step", milestones="10ep,299it", gamma=0.1)
+    s = Schedule.build(hp, iterations_per_epoch=10)
+    assert s(298) == pytest.approx(0.01) and s(299) == pytest.approx(0.001)
+
+
+def test_nan_loss_in_the_first_epoch_stops_names_the_step_and_saves_no_bad_state(data_dir, tmp_path):
     cfg = tiny_config(lr=1e12, momentum=0.0, train_for="4ep")
     data = load_dataset(cfg.dataset)
     model = build_model("mnist1d_mlp", 10, data.input_shape, seed=0)
     state = tmp_path / "state.pt"
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    with pytest.raises(UserError, match=r"loss became (nan|inf) at iteration \d+") as info:
+    with pytest.raises(UserError, match=r"loss became (nan|inf) at iteration [1-8] \(epoch 0\.\d\d\) of level 0; "
+                                        r"training stopped\. Lower --lr") as info:
         train(model, data, cfg.training, state_path=state, log=log, progress=False)
-    assert "\n" not in str(info.value)
-    for line in log.path.read_text().splitlines():
-        json.loads(line)  # the log stays valid JSON lines (NaN written as null)
+    assert "\n" not in str(info.value) and "resume state" not in str(info.value)
+    assert not state.exists()  # no epoch ended cleanly, so no resume state (and none holding NaN)
+    rows = [json.loads(line) for line in log.path.read_text().splitlines()]  # valid JSON lines
+    assert [r["iteration"] for r in rows] == [0]  # only the finite evaluation at W^0 was logged
 
 
 def test_nan_mid_run_keeps_the_last_good_state(data_dir, tmp_path):

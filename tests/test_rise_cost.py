@@ -1,4 +1,4 @@
-"""RISE-R (frozen weights), the lot/rise aliases, and the backpropagation cost counter."""
+"""RISE-R (frozen weights), its -R / --fraction flags, and the backpropagation cost counter."""
 import json
 
 import pytest
@@ -88,16 +88,30 @@ def test_rise_resumes_bit_identically(data_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_lot_alias_is_imp_with_seed_letters(data_dir, tmp_path, capsys):
-    base = ["--out", str(tmp_path), "--data-dir", data_dir, "--model", "mnist1d_mlp", "--mnist1d-samples", "500",
-            "--train-for", "2ep", "--batch-size", "50", "--no-progress"]
-    assert main(["lot", "-R", "50", "-I", "2", "-k", "1ep", *base]) == 0
-    assert main(["imp", "--keep", "50", "--levels", "2", "--rewind", "1ep", *base]) == 0
-    (folder,) = tmp_path.glob("imp-*")  # the alias and the long form are the same run
-    final = read_checkpoint(folder / "level_1" / "final.pt")
-    mask = final["mask"]
-    assert all(bool((final["state_dict"][n][~m] == 0).all()) for n, m in mask.items())  # LOT: pruned are zero
-    assert final["meta"]["masked_weights"] == "zero"
+def _rise_cli(tmp_path, data_dir, *flags):
+    return main(["rise", *flags, "-k", "1ep", "--out", str(tmp_path), "--data-dir", data_dir, "--model",
+                 "mnist1d_mlp", "--mnist1d-samples", "500", "--train-for", "2ep", "--batch-size", "50",
+                 "--no-progress"])
+
+
+def _kept_fraction(folder):
+    mask = load_mask(folder / "level_1" / "mask.pt")
+    return sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
+
+
+def test_rise_fraction_flag_and_default_r(data_dir, tmp_path, capsys):
+    assert _rise_cli(tmp_path / "f", data_dir, "--fraction", "0.75") == 0, capsys.readouterr().err
+    (folder,) = (tmp_path / "f").glob("rise-*")
+    assert _kept_fraction(folder) == pytest.approx(0.25, abs=1e-3)
+    # -R 25 is the same experiment: the same folder, nothing trained again
+    assert _rise_cli(tmp_path / "f", data_dir, "-R", "25") == 0
+    assert [p.name for p in (tmp_path / "f").glob("rise-*")] == [folder.name]
+    # neither flag: R = 20
+    assert _rise_cli(tmp_path / "d", data_dir) == 0
+    (folder,) = (tmp_path / "d").glob("rise-*")
+    assert _kept_fraction(folder) == pytest.approx(0.20, abs=1e-3)
+    assert _rise_cli(tmp_path / "both", data_dir, "-R", "25", "--fraction", "0.75") == 2
+    assert "either --keep (R) or --fraction" in capsys.readouterr().err
 
 
 def test_cost_hand_count_mlp_and_conv():

@@ -3,8 +3,12 @@ import pytest
 import torch
 from torch import nn
 
+from training.checkpoint import load
+from training.cost import layer_macs, per_example_cost
 from training.errors import UserError
+from training.loop import evaluate
 from training.masks import dense_mask
+from training.models import build_model
 from training.pruning import prune
 from training.saliency import ScoreContext, snip_scores, synflow_scores
 
@@ -64,4 +68,31 @@ def test_at_init_run_end_to_end(score, data_dir, tmp_path):
     run = run_at_init(cfg, out=tmp_path, progress=False)
     entry = json.loads((run.dir / "summary.json").read_text())["levels"][0]
     assert entry["weights_kept"] == int(0.2 * entry["weights_prunable"] + 0.5)
-    assert 0 <= entry["test_accuracy"] <= 1 and entry["backprop_macs"] > 0
+    # the recorded accuracy is the saved ticket's: evaluate final.pt again on the test split
+    loaded = load(run.dir / "level_0" / "final.pt")
+    assert evaluate(loaded.model, loaded.dataset.test)[1] == entry["test_accuracy"]
+    # the cost counts the sparse weight gradients of 2 epochs of 400 examples, not the dense ones
+    macs, examples = layer_macs(loaded.model, run.data.input_shape), 2 * len(run.data.train)
+    assert entry["backprop_macs"] == examples * per_example_cost(macs, loaded.mask)["total"]
+    assert entry["backprop_macs"] < examples * per_example_cost(macs)["total"]
+
+
+def test_at_init_checkpoints_hold_zeros_at_pruned_positions(data_dir, tmp_path):
+    """The file contract: init.pt is W^0 * M, read raw, without training.checkpoint's help."""
+    from tests.conftest import tiny_config
+    from training.at_init import run_at_init
+
+    cfg = tiny_config(train_for="1ep")
+    cfg.pruning.score, cfg.pruning.target_density = "magnitude", 0.1
+    run = run_at_init(cfg, out=tmp_path, progress=False)
+    for kind in ("init", "final"):
+        raw = torch.load(run.dir / "level_0" / f"{kind}.pt", weights_only=True)
+        pruned = 0
+        for name, m in raw["mask"].items():
+            assert bool((raw["state_dict"][name][~m] == 0).all()), f"{kind}.pt: pruned weights of {name} not zero"
+            pruned += int((~m).sum())
+        assert pruned > 0
+    init = torch.load(run.dir / "level_0" / "init.pt", weights_only=True)
+    w0 = build_model("mnist1d_mlp", 10, run.data.input_shape, seed=0).state_dict()  # kept weights are W^0's
+    for name, m in init["mask"].items():
+        assert torch.equal(init["state_dict"][name][m], w0[name][m])

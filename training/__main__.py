@@ -1,24 +1,44 @@
-"""Command line: ``python -m training {imp,train,list} [flags]``; ``--help`` on each explains it."""
+"""Command line: ``python -m training COMMAND [flags]``; ``--help`` on each explains it."""
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
+from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .cli import run_command, writable_dir
 from .errors import UserError
 from .hparams import build_config
 
-EPILOG_IMP = """\
-examples:
-  python -m training imp                                  # demo: MNIST-1D CNN, 5 levels, 20%% per level
-  python -m training imp --levels 10 --rewind 2ep         # late rewinding / k-epoch warm-up (seed 000 Alg. 2)
-  python -m training imp --keep 10 --levels 2             # I-LOT-R with R = 10%% (keep 10%% per iteration)
-  python -m training imp --preset resnet32_cifar10 --data-dir ~/datasets --device cuda
-  python -m training imp --score lamp --fraction 0.16     # LAMP pruning (seed 003)
+TARTAGLIONE = 'Tartaglione 2022, "The rise of the lottery heroes"'
+HAVINGA = 'Havinga & Sawhney, "An analysis of neural network pruning in relation to the LTH"'
+SAHU = 'Sahu et al., "Not all lotteries are made equal"'
 
+EPILOG_IMP = f"""\
+examples:
+  python -m training imp                                  # demo: MNIST-1D CNN, 5 levels, 20% pruned per level
+  python -m training imp --levels 10 --rewind 2ep         # late rewinding / k-epoch warm-up (Tartaglione 2022, Alg. 2)
+  python -m training imp --keep 10 --levels 2             # one-shot: train, keep 10%, train the ticket (= lot -R 10 -I 1)
+  python -m training imp --preset resnet32_cifar10 --data-dir ~/datasets --device cuda
+  python -m training imp --score lamp --fraction 0.16     # LAMP pruning ({SAHU})
+
+--levels counts trained networks (level 0 is dense), so --levels L prunes L - 1 times.
 Run the same command again to resume a killed run; add levels by raising --levels.
+"""
+
+EPILOG_LOT = f"""\
+examples:
+  python -m training lot -R 10 -I 1 -k 2ep     # 1-LOT: train, keep 10%, rewind to W^k, train the ticket
+  python -m training lot -R 80 -I 5            # 5 iterations keeping 80% each (density 0.8^5 = 33%)
+  python -m training lot --preset resnet32_cifar10 -R 25 -I 1 -k 5ep --device cuda
+
+I counts pruning iterations as in {TARTAGLIONE}:
+the run trains I + 1 networks (the dense one, then one ticket per iteration), so
+`lot -R R -I I` is `imp --keep R --levels I+1` and writes the same run folder.
+Run the same command again to resume; raise -I to add iterations.
 """
 
 EPILOG_TRAIN = """\
@@ -26,6 +46,15 @@ examples:
   python -m training train --save-at 0,1ep,2ep,5ep       # dense run with checkpoints for rewinding
   python -m training train --model mnist1d_cnn --train-for 2000it
 """
+
+
+def _wrap(text: str) -> str:
+    """Wrap a description for ``RawDescriptionHelpFormatter`` (which keeps the epilogs' layout)."""
+    return textwrap.fill(text, 100)
+
+
+RUN_COMMANDS = ("imp", "lot", "rise", "ticket-search", "at-init", "train", "control")
+RESUME_HINT = "interrupted: run the same command again to resume"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -41,73 +70,96 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def make_parser() -> argparse.ArgumentParser:
     from .hparams import add_flags
 
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="python -m training",
-        description="Lottery-ticket experiments: IMP / I-LOT-R with rewinding, RISE-R, ticket search, pruning "
-                    "at initialisation, controls on tickets, dense training. Each command has --help.")
+        prog="python -m training", formatter_class=raw,
+        description=_wrap("Lottery-ticket experiments: IMP with rewinding, ticket search, pruning at initialisation, "
+                    "controls on tickets, dense training, and the two algorithms of " + TARTAGLIONE + ": "
+                    "I-LOT-R (lottery tickets found in I pruning iterations keeping R% of the weights at each, "
+                    "rewinding to the weights W^k after k warm-up steps) and RISE-R (train from W^k only the "
+                    "R% kept weights, the others frozen at their W^k values). Each command has --help."))
     sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,ticket-search,at-init,train,control,list}")
 
-    imp = sub.add_parser("imp", aliases=["lot"],
-                         help="iterative magnitude pruning with rewinding; `lot` is seed 000's I-LOT-R (Alg. 1/2)",
-                         description="Train, prune a fraction of the remaining weights, rewind the survivors to "
-                                     "step k, repeat. Writes a run folder with a checkpoint per level. As `lot`: "
-                                     "I-LOT-R with -R (percent kept per iteration), -I (iterations), -k (warm-up).",
-                         epilog=EPILOG_IMP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    imp.add_argument("-I", "--levels", type=int, default=5,
+    imp = sub.add_parser("imp", help="iterative magnitude pruning with rewinding (Frankle & Carbin)",
+                         description=_wrap("Train, prune a fraction of the remaining weights, rewind the survivors to "
+                                     "step k, repeat (Frankle & Carbin's IMP; with k > 0, late rewinding). Writes a "
+                                     "run folder with a checkpoint per level."),
+                         epilog=EPILOG_IMP, formatter_class=raw)
+    imp.add_argument("--levels", type=int, default=5,
                      help="number of trained networks: level 0 is dense, each later level is pruned (default: 5)")
     imp.add_argument("-R", "--keep", type=float, metavar="R",
-                     help="keep R%% of the remaining weights per level (seed 000's R); same as --fraction 1-R/100")
+                     help="keep R%% of the remaining weights per level; same as --fraction 1-R/100")
     _common(imp)
     add_flags(imp, ["dataset", "model", "training", "pruning"])
 
-    rise = sub.add_parser("rise", help="RISE-R (seed 000 Alg. 3): retrain from W^k, non-kept weights frozen at W^k",
-                          description="Train dense, keep R%% of the weights by magnitude, then train from W^k "
-                                      "updating only the kept weights while the others stay frozen at their W^k "
-                                      "values (seed 000 eq. 2).",
+    lot = sub.add_parser("lot", help="I-LOT-R (Tartaglione 2022, Alg. 1/2): I pruning iterations keeping R%% each, "
+                                     "rewinding to W^k",
+                         description=_wrap("I-LOT-R with warm-up (" + TARTAGLIONE + ", Alg. 1 and 2): train the dense "
+                                     "network from W^0, keeping W^k, its weights after k steps (-k); then I times: "
+                                     "keep the R% largest-magnitude remaining weights (-R), rewind them to W^k, "
+                                     "train them with the others held at zero. I = 1 is the one-shot experiment."),
+                         epilog=EPILOG_LOT, formatter_class=raw)
+    lot.add_argument("-I", "--iterations", type=int, default=4, metavar="I",
+                     help="pruning iterations; the run trains I + 1 networks (I = 1: one-shot) (default: 4)")
+    lot.add_argument("-R", "--keep", type=float, metavar="R",
+                     help="percent of the remaining weights kept at every iteration (default: 80, i.e. --fraction 0.2)")
+    _common(lot)
+    add_flags(lot, ["dataset", "model", "training", "pruning"])
+
+    rise = sub.add_parser("rise", help="RISE-R (Tartaglione 2022, Alg. 3): retrain from W^k, non-kept weights "
+                                       "frozen at W^k",
+                          description=_wrap("RISE-R (" + TARTAGLIONE + ", Alg. 3): train dense, keep R% of the "
+                                      "weights by magnitude, then train from W^k updating only the kept weights "
+                                      "while the others stay frozen at their W^k values (eq. 2)."),
                           epilog="examples:\n  python -m training rise -R 10 -k 2ep\n"
+                                 "  python -m training rise --fraction 0.75 -k 2ep      # the same as -R 25\n"
                                  "  python -m training rise --preset resnet32_cifar10 -R 25 -k 5ep --device cuda",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    rise.add_argument("-R", "--keep", type=float, default=20.0, metavar="R",
-                      help="percent of the weights kept and trained (default: 20)")
+                          formatter_class=raw)
+    rise.add_argument("-R", "--keep", type=float, metavar="R",
+                      help="percent of the weights kept and trained (default: 20 unless --fraction is given)")
     _common(rise)
     add_flags(rise, ["dataset", "model", "training", "pruning"])
 
-    search = sub.add_parser("ticket-search", help="seed 003's winning-ticket search: LAMP stages over replicate seeds",
-                            description="K stages of train / prune 16%% by LAMP / rewind to the initial weights "
-                                        "(seed 003 Alg. 1), with early stopping on a 10%% validation split, repeated "
-                                        "over --replicates seeds. Any flag overrides those defaults.",
+    search = sub.add_parser("ticket-search", help="winning-ticket search (Sahu et al.): LAMP stages over replicate "
+                                                  "seeds",
+                            description=_wrap("Winning-ticket search of " + SAHU + " (Alg. 1): K stages of train / "
+                                        "prune 16% by LAMP / rewind to the initial weights, with early stopping on "
+                                        "a 10% validation split, repeated over --replicates seeds. Any flag "
+                                        "overrides those defaults."),
                             epilog="examples:\n  python -m training ticket-search --replicates 3\n"
                                    "  python -m training ticket-search --preset resnet32_cifar10 --stages 5 "
                                    "--replicates 50 --device cuda",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=raw)
     search.add_argument("--stages", type=int, default=5, help="K, the number of train-prune-rewind stages (default 5)")
     search.add_argument("--replicates", type=int, default=1, help="independent searches, seeds seed..seed+N-1")
     _common(search)
     add_flags(search, ["dataset", "model", "training", "pruning"])
 
     at_init = sub.add_parser("at-init", help="prune at initialisation (SNIP, SynFlow, magnitude, random), then train",
-                             description="Score W^0, prune once to --target-density, train the sparse network "
-                                         "from W^0 (pruning at initialisation, for comparison with IMP tickets).",
+                             description=_wrap("Score W^0, prune once to --target-density, train the sparse network "
+                                         "from W^0 (pruning at initialisation, for comparison with IMP tickets)."),
                              epilog="examples:\n  python -m training at-init --score synflow --target-density 0.1\n"
                                     "  python -m training at-init --score snip --target-density 0.1",
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+                             formatter_class=raw)
     at_init.add_argument("--keep", type=float, default=None, metavar="R", help="percent of weights kept")
     _common(at_init)
     add_flags(at_init, ["dataset", "model", "training", "pruning"])
 
     train = sub.add_parser("train", help="plain dense training (a level-0 run)",
-                           description="Train the dense network once and save checkpoints at the given steps.",
-                           epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+                           description=_wrap("Train the dense network once and save checkpoints at the given steps."),
+                           epilog=EPILOG_TRAIN, formatter_class=raw)
     train.add_argument("--save-at", default="", help="extra checkpoints, e.g. '0,500it,2ep' (saved as level_0/step_<iteration>.pt)")
     _common(train)
     add_flags(train, ["dataset", "model", "training"])
 
     control = sub.add_parser("control", help="a control on an IMP run's ticket: reinit, random-prune, reshuffle, ...",
-                             description="Train a control on level L of a finished IMP/LOT run (seed 002, "
-                                         "Liu et al., Zhou et al.); the branch lives in RUN/branches/.",
+                             description=_wrap("Train a control on level L of a finished IMP/LOT run (the controls "
+                                         "compared by " + HAVINGA + "; Liu et al., \"Rethinking the value of "
+                                         "network pruning\"; Zhou et al., \"Deconstructing lottery tickets\"); "
+                                         "the branch lives in RUN/branches/."),
                              epilog="controls: reinit, scratch-e, scratch-b, random-prune, reshuffle, signed-constant\n"
                                     "example:\n  python -m training control reinit runs/imp-f6ec9936304d --level 4",
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+                             formatter_class=raw)
     control.add_argument("name", help="which control (see below)")
     control.add_argument("run", help="the IMP run folder")
     control.add_argument("--level", type=int, required=True, help="which level's mask")
@@ -117,7 +169,8 @@ def make_parser() -> argparse.ArgumentParser:
     control.add_argument("--threads", type=int, help="CPU threads for torch")
     control.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
 
-    sub.add_parser("list", help="list models, datasets and presets")
+    sub.add_parser("list", help="list models, datasets and presets",
+                   description=_wrap("List the models, datasets and presets (--preset NAME) with their sources."))
     return parser
 
 
@@ -138,66 +191,87 @@ def _list() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; return the exit status
+    (0, 2 for bad input with one ``error:`` line on stderr, 130 after Ctrl-C)."""
     parser = make_parser()
     args = parser.parse_args(argv)
-    command = args.command or "imp"
     if args.command is None:  # `python -m training` alone runs the demo
         args = parser.parse_args(["imp", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        if command == "list":
-            _list()
-            return 0
+    command = args.command
+    interrupted = RESUME_HINT if command in RUN_COMMANDS else "interrupted"
+    return run_command(lambda: _run(command, args), interrupted)
+
+
+def _keep_to_fraction(args: argparse.Namespace, default_keep: Optional[float] = None) -> None:
+    """Turn -R/--keep (percent kept) into ``args.fraction``; ``default_keep`` applies only when
+    neither --keep nor --fraction was given."""
+    given_fraction = "fraction" in vars(args)  # flags from add_flags are absent unless given
+    if args.keep is not None and given_fraction:
+        raise UserError("give either --keep (R) or --fraction, not both")
+    keep = args.keep if args.keep is not None else (None if given_fraction else default_keep)
+    if keep is None:
+        return
+    if not 0 < keep < 100:
+        raise UserError(f"--keep (R) is a percentage in (0, 100), got {keep}")
+    args.fraction = 1 - keep / 100
+
+
+def _run(command: str, args: argparse.Namespace) -> None:
+    if command == "list":
+        _list()
+        return
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    common = dict(data_dir=args.data_dir, device=args.device, progress=not args.no_progress)
+    if command == "control":
+        from .controls import run_control
+
+        if Path(args.run).is_dir():  # the branch is written under RUN/branches/
+            writable_dir(args.run, flag="RUN")
         if args.threads is not None:
-            if args.threads < 1:
-                raise UserError(f"--threads must be at least 1, got {args.threads}")
             torch.set_num_threads(args.threads)
-        if command == "control":
-            from .controls import run_control
+        run_control(args.run, args.name, args.level, args.seed, **common)
+        return
+    if command == "lot":
+        if args.iterations < 1:
+            raise UserError(f"-I (pruning iterations) must be at least 1, got {args.iterations}; "
+                            "for the dense network alone use `python -m training train`")
+        args.levels = args.iterations + 1
+    if command in ("imp", "lot", "at-init"):
+        _keep_to_fraction(args)
+    elif command == "rise":
+        _keep_to_fraction(args, default_keep=20.0)
+    sections = ["dataset", "model", "training"] + ([] if command == "train" else ["pruning"])
+    if command == "ticket-search":
+        from .ticket_search import DEFAULTS
 
-            run_control(args.run, args.name, args.level, args.seed, data_dir=args.data_dir, device=args.device,
-                        progress=not args.no_progress)
-            return 0
-        if command == "ticket-search":
-            from .ticket_search import DEFAULTS, run_ticket_search
+        config = build_config(args, sections, args.preset, DEFAULTS)
+    else:
+        config = build_config(args, sections, args.preset)
+    writable_dir(args.out)  # before any work: a run must not be lost to an unwritable --out
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    common["out"] = args.out
+    if command == "ticket-search":
+        from .ticket_search import run_ticket_search
 
-            config = build_config(args, ["dataset", "model", "training", "pruning"], args.preset, DEFAULTS)
-            run_ticket_search(config, args.stages, args.replicates, out=args.out, data_dir=args.data_dir,
-                              device=args.device, progress=not args.no_progress)
-            return 0
-        if command in ("imp", "lot", "rise", "at-init"):
-            if args.keep is not None:
-                if "fraction" in vars(args):
-                    raise UserError("give either --keep (R) or --fraction, not both")
-                if not 0 < args.keep < 100:
-                    raise UserError(f"--keep (R) is a percentage in (0, 100), got {args.keep}")
-                args.fraction = 1 - args.keep / 100
-            config = build_config(args, ["dataset", "model", "training", "pruning"], args.preset)
-            common = dict(out=args.out, data_dir=args.data_dir, device=args.device, progress=not args.no_progress)
-            if command == "rise":
-                from .rise import run_rise
+        run_ticket_search(config, args.stages, args.replicates, **common)
+    elif command == "rise":
+        from .rise import run_rise
 
-                run_rise(config, **common)
-            elif command == "at-init":
-                from .at_init import run_at_init
+        run_rise(config, **common)
+    elif command == "at-init":
+        from .at_init import run_at_init
 
-                run_at_init(config, **common)
-            else:
-                from .imp import run_imp
+        run_at_init(config, **common)
+    elif command in ("imp", "lot"):
+        from .imp import run_imp
 
-                run_imp(config, args.levels, **common)
-        else:
-            from .imp import run_train
+        run_imp(config, args.levels, **common)
+    else:
+        from .imp import run_train
 
-            config = build_config(args, ["dataset", "model", "training"], args.preset)
-            run_train(config, args.save_at, out=args.out, data_dir=args.data_dir, device=args.device,
-                      progress=not args.no_progress)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+        run_train(config, args.save_at, **common)
 
 
 if __name__ == "__main__":

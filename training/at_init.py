@@ -1,14 +1,15 @@
 """Pruning at initialisation: score W^0 (SNIP, SynFlow, magnitude or random), prune once to the
-target density, then train the sparse network from W^0. The slides' (seed 001) comparison:
-run it with each score beside an IMP ticket of the same density."""
+target density, then train the sparse network from W^0. The comparison of the lecture slides
+"From model pruning to sparse updates and the LTH": run it with each score beside an IMP ticket
+of the same density."""
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from .hparams import Config, PruningHparams
-from .masks import dense_mask, output_name
+from .hparams import Config, PruningHparams, check_pruning
+from .masks import apply_mask, dense_mask, output_name
 from .pruning import prune_by
 from .runs import Run, resolve_device
 from .seeding import derive_seed
@@ -19,6 +20,7 @@ def run_at_init(config: Config, *, out: str | Path = "runs", data_dir: Optional[
     """Prune W^0 by ``config.pruning.score`` to ``target_density`` (else 1 - fraction), train it."""
     pruning = config.pruning or PruningHparams()
     config.pruning = pruning
+    check_pruning(pruning)
     density = pruning.target_density if pruning.target_density is not None else 1 - pruning.fraction
     run = Run(config, "at-init", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end)
     if not run.level_done(0):
@@ -32,6 +34,7 @@ def run_at_init(config: Config, *, out: str | Path = "runs", data_dir: Optional[
                             target_density=density if uniform else None, context=run.score_context())
 
         mask = run.mask_for(0, make_mask)
+        apply_mask(model, mask)  # init.pt holds W^0 * M: pruned weights are exactly zero in the file
         run.save(model, mask, 0, 0, "init")
         run.train_level(0, model, mask, start=0)
     entries = run.write_summary()

@@ -55,7 +55,9 @@ class TrainingHparams:
     bn_l1: float = _f(0.0, "L1 penalty on batch-norm scales (network slimming, Liu et al.: 1e-5 to 1e-4)")
     early_stopping: Optional[int] = _f(
         None, "keep the weights of the best validation accuracy (needs --val-fraction); stop after N "
-              "evaluations without improvement (0: train to the end)")
+              "evaluations without improvement (0: train to the end). Training always continues at least "
+              "to the rewind point k (and every --save-at point), so W^k is saved even when the best "
+              "validation accuracy comes earlier")
     seed: int = _f(0, "seed for model init, data order, augmentation and random pruning")
 
 
@@ -74,7 +76,8 @@ class PruningHparams:
     rewind: str = _f("0", "rewind survivors to step k: 0 (Frankle & Carbin), '500it' or '2ep'")
     target_density: Optional[float] = _f(
         None, "reach this final density over the levels: round L keeps D^(L/n) of each group, n = levels - 1 "
-              "(levels 2: one-shot; more: iterative, seed 002); replaces --fraction")
+              "(levels 2: one-shot; more: iterative, as compared by Havinga & Sawhney, \"An analysis of neural "
+              "network pruning in relation to the LTH\"); in (0, 1); replaces --fraction")
 
 
 SECTIONS: dict[str, type] = {
@@ -150,7 +153,7 @@ def _parse_optional_bool(text: str) -> Optional[bool]:
     raise argparse.ArgumentTypeError(f"expected true, false or auto, got {text!r}")
 
 
-SHORT_FLAGS = {"rewind": "-k"}  # seed 000 writes the rewind point as k
+SHORT_FLAGS = {"rewind": "-k"}  # Tartaglione 2022 ("The rise of the lottery heroes") writes the rewind point as k
 
 
 def add_flags(parser: argparse.ArgumentParser, section_names: list[str]) -> None:
@@ -206,6 +209,14 @@ def field_names(section_names: list[str]) -> set[str]:
 def dumps(data: Any) -> str:
     """JSON text as written to every file of a run (sorted keys, two-space indent)."""
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def check_pruning(hp: "PruningHparams") -> None:
+    """Raise ``UserError`` naming the flag when ``--fraction`` or ``--target-density`` lies
+    outside (0, 1); commands call it before any work starts."""
+    check_fraction(hp.fraction, "--fraction")
+    if hp.target_density is not None:
+        check_fraction(hp.target_density, "--target-density (the final fraction of weights kept)")
 
 
 def check_fraction(value: float, what: str, allow_zero: bool = False) -> None:

@@ -1,11 +1,15 @@
-"""Iterative magnitude pruning with rewinding (seed 000, Alg. 1 and 2), and dense training.
+"""Iterative magnitude pruning with rewinding (I-LOT-R: Tartaglione 2022, "The rise of the lottery
+heroes", Alg. 1 and 2; Frankle & Carbin's IMP), and dense training.
 
 Level 0 trains the dense network from W^0 for T iterations and keeps W^k, its weights after k
 iterations. Each later level L prunes a fraction of the weights that level L-1 kept (scored on
 level L-1's trained weights), resets the survivors to W^k and trains them from iteration k to T,
-with the pruned weights held at exactly zero (seed 000, eq. 1). ``rewind = 0`` is Frankle &
+with the pruned weights held at exactly zero (Tartaglione 2022, eq. 1). ``rewind = 0`` is Frankle &
 Carbin's IMP; ``k > 0`` is late rewinding, which is Alg. 2's k-epoch warm-up: the warm-up is the
 first k iterations of level 0 and every level continues the same schedule from there.
+
+``levels`` counts trained networks (level 0 is dense); the paper's I counts pruning iterations,
+so ``python -m training lot -I I`` runs ``levels = I + 1``.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import UserError
-from .hparams import Config, PruningHparams
+from .hparams import Config, PruningHparams, check_pruning
 from .masks import apply_mask, dense_mask, output_name
 from .pruning import NETWORK_SCORES, STRUCTURED_SCORES, prune_by
 from .runs import Run, resolve_device
@@ -34,8 +38,9 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
         raise UserError(f"--levels must be at least 1, got {levels}")
     pruning = config.pruning or PruningHparams()
     config.pruning = pruning
+    check_pruning(pruning)
 
-    def check_pruning(model) -> None:  # fail now, not after level 0 has trained
+    def check_pruning_on(model) -> None:  # fail now, not after level 0 has trained
         if pruning.score in STRUCTURED_SCORES:
             prune_by(pruning, {}, dense_mask(model), output_name(model), context=ScoreContext(model, ()))
             return
@@ -50,7 +55,7 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
         identity = (f"levels={levels}",)  # the schedule depends on the number of levels
 
     run = Run(config, "imp", Path(out), resolve_device(device), data_dir, progress, identity, on_epoch_end,
-              validate=check_pruning)
+              validate=check_pruning_on)
     k = run.rewind_iteration
     reference = run.new_model()
     out_layer = output_name(reference)
@@ -90,7 +95,10 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
 
 
 def train_level_zero(run: Run, model, mask) -> None:
-    """Level 0 of a lottery run: dense training from W^0 to T, keeping W^k as ``rewind.pt``."""
+    """Level 0 of a lottery run: dense training from W^0 to T, keeping W^k as ``rewind.pt``.
+
+    With early stopping, training goes on at least to k (``train`` never stops before its last save
+    point), so ``rewind.pt`` always exists for the later levels."""
     if not (run.level_dir(0) / "init.pt").exists():
         run.save(model, mask, 0, 0, "init")
 

@@ -77,6 +77,12 @@ class Schedule:
             raise UserError("--schedule step needs --milestones, e.g. '80ep,120ep'")
         if warmup >= total:
             raise UserError(f"--warmup {hp.warmup} is not shorter than --train-for {hp.train_for}")
+        late = [(step, m) for step, m in zip(parse_steps(hp.milestones, "--milestones"), milestones) if m >= total]
+        if hp.schedule == "step" and late:
+            step, m = late[0]
+            raise UserError(f"--milestones point {step} (iteration {m}) is not before the end of training "
+                            f"(--train-for {hp.train_for} = {total} iterations), so the rate would never decay "
+                            f"there; drop it or train longer")
         return cls(hp, total, warmup, sorted(milestones))
 
     def __call__(self, iteration: int) -> float:
@@ -159,7 +165,9 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     Pruned weights (``mask``) stay exactly zero, or at ``frozen``'s values if given (RISE).
     With ``hp.early_stopping`` set, the model ends with the weights of its best validation
     evaluation and the returned metrics are that evaluation's (``stopped_at`` says where training
-    ended).
+    ended). Training never stops before the last of ``save_points`` (the rewind point W^k of a
+    lottery run), so every checkpoint asked for is written even when patience runs out earlier;
+    it stops at that point, or at the first evaluation after it without improvement.
     ``on_save(t)`` runs after iteration ``t`` for each
     ``t`` in ``save_points``. With ``state_path``, a resume state is written at every epoch
     boundary and, if present, training continues from it. Returns the final metrics.
@@ -175,6 +183,10 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     bn_scales = [m.weight for m in model.modules()
                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None] if hp.bn_l1 else []
     save_points = set(save_points)
+    hold_until = max(save_points, default=start)  # early stopping waits for the last save point
+
+    def out_of_patience() -> bool:
+        return best is not None and best.patience > 0 and best.since >= best.patience and t >= hold_until
 
     t = start
     pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (loss, correct, n) since the last eval
@@ -229,7 +241,8 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     stop = False
     last = record(t) if t == start else {}
     if t == start and best is not None:
-        stop = best.update(model, last)
+        best.update(model, last)
+        stop = out_of_patience()
     if t == start and t in save_points and on_save is not None:
         on_save(t)
     bar = tqdm(total=end - start, initial=t - start, desc=f"level {level}", unit="it",
@@ -260,7 +273,8 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
                 pending = []
                 bar.set_postfix(test_acc=f"{last['test_accuracy']:.3f}")
                 if best is not None:
-                    stop = best.update(model, last)
+                    best.update(model, last)
+            stop = out_of_patience()
             if t == end or stop:
                 break
         if t % ipe == 0 and t < end and not stop:

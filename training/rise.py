@@ -1,4 +1,4 @@
-"""RISE-R, "the rise of the lottery heroes" (seed 000, Alg. 3 and eq. 2).
+"""RISE-R (Tartaglione 2022, "The rise of the lottery heroes", Alg. 3 and eq. 2).
 
 Level 0 trains the dense network from W^0 to T, passing through W^k (the k-iteration warm-up of
 Alg. 2 and the dense training that finds the mask are this one run). The mask keeps R% of the
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from .hparams import Config, PruningHparams
+from .hparams import Config, PruningHparams, check_pruning
 from .imp import train_level_zero
 from .masks import dense_mask, output_name
 from .pruning import NETWORK_SCORES, prune_by
@@ -24,6 +24,7 @@ def run_rise(config: Config, *, out: str | Path = "runs", data_dir: Optional[str
     """Run (or resume) RISE-R with R = 1 - ``config.pruning.fraction``; return the run."""
     pruning = config.pruning or PruningHparams()
     config.pruning = pruning
+    check_pruning(pruning)
 
     def check(model) -> None:
         prune_by(pruning, dict(model.named_parameters()), dense_mask(model), output_name(model),

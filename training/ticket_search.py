@@ -1,5 +1,6 @@
-"""Winning-ticket search (seed 003, Alg. 1): K stages of train, prune 16% by LAMP, rewind to
-theta_init, repeated over replicate seeds, with early stopping on a validation split.
+"""Winning-ticket search (Sahu et al., "Not all lotteries are made equal", Alg. 1): K stages of
+train, prune 16% by LAMP, rewind to theta_init, repeated over replicate seeds, with early
+stopping on a validation split.
 
 Each replicate is an ordinary IMP run (seed ``seed + r``, stage k = level k, all checkpoints
 kept), so Best Sparse and Sparsest Matching models can be picked afterwards from the runs'
