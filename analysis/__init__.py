@@ -7,7 +7,7 @@
 - ``analysis.connectivity``: linear mode connectivity, error barriers and instability.
 - ``analysis.trajectory``: trajectory length (Raghu et al.) and TL_gain.
 - ``analysis.supermask``: supermask accuracy, Zhou et al.'s mask criteria, mask similarity.
-- ``analysis.tickets``: seed 003's ticket-search metrics from a search's replicates.
+- ``analysis.tickets``: Sahu et al.'s ticket-search metrics ("Not all lotteries are made equal") from a search's replicates.
 """
 from training.cli import quiet_interrupts_during_import as _quiet
 

@@ -5,7 +5,7 @@ Programmatic entry points::
 
     from training.hparams import Config
     from training.imp import run_imp, run_train
-    from training.rise import run_rise         # RISE-R (seed 000 Alg. 3)
+    from training.rise import run_rise         # RISE-R (Tartaglione 2022, Alg. 3)
     from training.checkpoint import load      # checkpoint -> ready model, mask and dataset
 """
 from .cli import quiet_interrupts_during_import as _quiet

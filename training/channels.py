@@ -1,4 +1,4 @@
-"""Structured (channel) pruning as ordinary weight masks (seed 002: Li et al., Liu et al.).
+"""Structured (channel) pruning as ordinary weight masks (Li et al., Liu et al., as compared by Havinga & Sawhney).
 
 Removing output channel c of a convolution zeroes its filter and every weight of the next layer
 that reads channel c. Whatever the channel's bias or batch norm still produces then reaches

@@ -1,4 +1,5 @@
-"""Backpropagation cost in multiply-accumulates (MACs), the x-axis of seed 000's Fig. 4.
+"""Backpropagation cost in multiply-accumulates (MACs), the x-axis of Tartaglione 2022's Fig. 4
+("The rise of the lottery heroes").
 
 Counting model, per training example, over the convolution and linear layers:
 

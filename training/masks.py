@@ -85,13 +85,13 @@ def apply_mask(model: nn.Module, mask: Optional[Mask]) -> None:
 class MaskEnforcer:
     """Holds the pruned weights at fixed values after every optimizer step.
 
-    Without ``frozen``, pruned weights are held at exactly zero (seed 000, eq. 1). Zeroing after
+    Without ``frozen``, pruned weights are held at exactly zero (Tartaglione 2022, eq. 1). Zeroing after
     the step is exact for element-wise optimizers (SGD with momentum and weight decay, Adam): a
     pruned weight is zero in every forward pass, so its gradient, its momentum and its decay never
     reach a kept weight. One fused multiply per step.
 
     With ``frozen`` (parameter name -> values, e.g. W^k), pruned weights are reset to those values
-    after every step (RISE, seed 000 eq. 2): bit-identical, whatever the optimizer did to them.
+    after every step (RISE, Tartaglione 2022 eq. 2): bit-identical, whatever the optimizer did to them.
     """
 
     def __init__(self, model: nn.Module, mask: Optional[Mask], frozen: Optional[dict[str, torch.Tensor]] = None):

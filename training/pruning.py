@@ -3,8 +3,8 @@
 Scores (higher = more important):
 - ``magnitude``: |w|.
 - ``random``: uniform noise from a seeded generator (the random-pruning control).
-- ``lamp``: Lee et al. (2021), the score seed 003 prunes with. Within a layer, sort the kept
-  weights by magnitude; weight u scores w_u^2 / sum_{v >= u} w_v^2, the sum running over the
+- ``lamp``: Lee et al. (2021), the score Sahu et al. ("Not all lotteries are made equal") prune
+  with. Within a layer, sort the kept weights by magnitude; weight u scores w_u^2 / sum_{v >= u} w_v^2, the sum running over the
   kept weights of that layer at least as large as u (u itself included). Scores are comparable
   across layers, so LAMP is meant to be used with global scope.
 

@@ -68,8 +68,8 @@ def _conv_n(blocks: int):
         c, _, _ = image_shape(f"conv{2 * blocks}", input_shape)
         return ConvNet(_conv_blocks(c, [64, 128, 256][:blocks]), input_shape, [256, 256], num_classes)
 
-    build.__doc__ = (f"Conv-{2 * blocks} (seed 004 sec. 4.1, after Frankle & Carbin): {blocks} block(s) of two "
-                     "3x3 convs + 2x2 max-pool (64/128/256 channels), then 256-256 fully connected.")
+    build.__doc__ = (f"Conv-{2 * blocks} (Savarese et al. 2020, sec. 4.1, after Frankle & Carbin): "
+                     f"{blocks} block(s) of two 3x3 convs + 2x2 max-pool (64/128/256 channels), then 256-256 fully connected.")
     return build
 
 

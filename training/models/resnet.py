@@ -1,7 +1,7 @@
 """Residual networks: ResNet-20/32/56 for CIFAR (He et al. 2016, sec. 4.2) and ResNet-18.
 
 The CIFAR ResNets use the parameter-free "option A" shortcut (stride-2 subsampling and zero
-channel padding), as in the implementation seed 000 cites (akamaster/pytorch_resnet_cifar10).
+channel padding), as in the implementation Tartaglione 2022 cites (akamaster/pytorch_resnet_cifar10).
 ResNet-18 uses 1x1-conv projection shortcuts and comes with the CIFAR stem (3x3 conv, no
 max-pool) or the ImageNet stem (7x7 stride-2 conv and max-pool).
 """
