@@ -79,3 +79,52 @@ def test_atomic_save_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
         atomic_save({"a": torch.zeros(2)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("content,kind", [
+    ('{"algorithm": "imp", "config": {}}', "a JSON text file"),
+    ('{"level": 0}\n{"level": 1}\n', "a JSON-lines text file"),
+    ("level,density\n0,1.0\n", "a text file"),
+    (b"", "an empty file"),
+    (b"\x93NUMPY\x01\x00", "a numpy .npy array file"),
+])
+def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, content, kind):
+    path = tmp_path / "config.json"
+    (path.write_text if isinstance(content, str) else path.write_bytes)(content)
+    with pytest.raises(UserError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a checkpoint: it seems to be {kind}")
+    assert "corrupt" not in message and "truncated" not in message
+
+
+def test_npz_archive_is_not_a_checkpoint(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "weights.npz"
+    np.savez(path, w=np.zeros(3))
+    with pytest.raises(UserError, match="is not a checkpoint: it seems to be a numpy .npz archive"):
+        read_checkpoint(path)
+
+
+def test_corrupt_resume_state_says_how_to_recover(data_dir, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill(epoch):
+        if epoch == 1:
+            raise Killed
+
+    cfg = lambda: tiny_config(train_for="3ep")  # noqa: E731
+    with pytest.raises(Killed):
+        run_imp(cfg(), levels=1, out=tmp_path, progress=False, on_epoch_end=kill)
+    (state,) = tmp_path.glob("imp-*/level_0/state.pt")
+    state.write_bytes(state.read_bytes()[:300])
+    with pytest.raises(UserError) as info:
+        run_imp(cfg(), levels=1, out=tmp_path, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "corrupt or truncated" in message
+    assert message.endswith(f"delete {state} to restart level 0 from its start")
+    state.unlink()  # the advice works
+    run = run_imp(cfg(), levels=1, out=tmp_path, progress=False)
+    assert run.level_done(0)

@@ -160,3 +160,35 @@ def test_batches_depend_only_on_seed_and_epoch(tmp_path):
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(full[1:], skipped))
     assert sorted(torch.cat([y for _, y in full]).tolist()) == sorted(data.train.y.tolist())
     assert not torch.equal(torch.cat([y for _, y in a.epoch(3)]), torch.cat([y for _, y in full]))
+
+
+@pytest.mark.parametrize("dataset,where", [
+    ("mnist1d", "names a file"), ("mnist1d", "under a file"), ("mnist1d", "under /proc"),
+    ("mnist", "names a file"), ("cifar10", "names a file"),
+])
+def test_unusable_data_dir_gets_one_line(tmp_path, where, dataset, monkeypatch):
+    import mnist1d.data
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("MNIST-1D was generated before the data folder was checked")
+
+    monkeypatch.setattr(mnist1d.data, "make_dataset", no_generation)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    folder = {"names a file": blocker, "under a file": blocker / "data", "under /proc": "/proc/nope/data"}[where]
+    with pytest.raises(UserError) as info:
+        load_dataset(DatasetHparams(dataset=dataset, mnist1d_samples=100), str(folder))
+    message = str(info.value)
+    assert "\n" not in message and str(folder) in message
+    if where == "names a file":
+        assert message.startswith(f"--data-dir {folder} is a file")
+    else:  # MNIST-1D is generated there: the folder must be created and written
+        assert message.startswith(f"--data-dir {folder} cannot be created")
+
+
+def test_data_dir_from_the_environment_is_named_so(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("LTH_DATA_DIR", str(blocker))
+    with pytest.raises(UserError, match=r"^\$LTH_DATA_DIR .* is a file"):
+        load_dataset(DatasetHparams(mnist1d_samples=100))

@@ -113,6 +113,11 @@ def test_dense_training_saves_requested_steps(data_dir, tmp_path):
     init = read_checkpoint(run.dir / "level_0" / "init.pt")["state_dict"]
     step0 = read_checkpoint(run.dir / "level_0" / "step_0.pt")["state_dict"]
     assert all(torch.equal(init[k], step0[k]) for k in init)
+    import csv
+
+    (row,) = csv.DictReader((run.dir / "summary.csv").open())
+    assert row["step_paths"] == "level_0/step_0.pt;level_0/step_3.pt;level_0/step_10.pt"  # in step order
+    assert row["final_path"] == "level_0/final.pt" and row["rewind_path"] == ""  # dense training: no W^k
 
 
 def test_same_seed_same_run_on_cpu(data_dir, tmp_path):

@@ -19,6 +19,7 @@ other argument.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -72,25 +73,115 @@ def atomic_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _is_torch_zip(path: Path, head: bytes) -> bool:
+    """Whether ``path`` is (or, cut short, was) a ``torch.save`` zip archive: torch writes
+    ``ARCHIVE/data.pkl`` as its first entry."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith("data.pkl") for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
+    if len(head) >= 30:  # truncated: no central directory, read the first local header instead
+        name_length = int.from_bytes(head[26:28], "little")
+        return head[30 : 30 + name_length].endswith(b"data.pkl")
+    return False
+
+
+def file_kind(path: Path) -> Optional[str]:
+    """What ``path`` seems to hold when it is not a ``torch.save`` archive, in words ("a JSON text
+    file", "an empty file", ...); ``None`` when it is a torch archive, whole or truncated, or
+    unrecognised binary data (which may be a damaged checkpoint)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if not head:
+        return "an empty file (0 bytes)"
+    if head.startswith(ZIP_MAGIC):
+        if _is_torch_zip(path, head):
+            return None
+        return "a numpy .npz archive" if b".npy" in head else "a zip archive that torch.save did not write"
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy .npy array file"
+    if head.startswith(b"\x89PNG"):
+        return "a PNG image"
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle file (pickle.dump, or torch.save's pre-1.6 format), not a torch.save zip archive"
+    if b"\x00" in head:
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not merely a character cut at the end of the sample
+            return None
+        text = head[: exc.start].decode("utf-8")
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "["):
+        whole = path.stat().st_size <= len(head)
+        if whole:
+            try:
+                json.loads(text)
+                return "a JSON text file"
+            except ValueError:
+                pass
+        lines = [l for l in text.splitlines() if l.strip()]
+        complete = lines if whole else lines[:-1]  # the sample may end inside the last line
+        try:
+            if len(complete) > 1 or (whole and complete):
+                for line in complete:
+                    json.loads(line)
+                return "a JSON-lines text file"
+        except ValueError:
+            pass
+        return "a text file" if whole else "a JSON text file"
+    return "a text file"
+
+
+def _recovery(path: Path, what: str) -> str:
+    """How to get past an unreadable ``what`` at ``path``, for the end of an error message."""
+    if what == "resume state":
+        found = re.fullmatch(r"level_(\d+)", path.parent.name)
+        level = f"level {found.group(1)}" if found else "its level"
+        return f"; delete {path} to restart {level} from its start"
+    return ""
+
+
 def safe_load(path: Path, what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` with each failure turned into a one-line error."""
+    """``torch.load(path, weights_only=True)`` with each failure turned into a one-line error.
+
+    A file that is not a torch archive at all (JSON, text, numpy, ...) is named as what it seems
+    to be; "corrupt or truncated" is kept for torch archives that fail to load. For a ``what`` of
+    ``"resume state"`` the message says how to recover (delete the file to restart the level)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{what} {path} does not exist")
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give the path of a .pt file inside it")
+    hint = _recovery(path, what)
+    try:
+        kind = file_kind(path)
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read: {exc.strerror or exc}{hint}") from None
+    if kind is not None:
+        advice = hint or "; give a .pt file written by this toolkit"
+        raise UserError(f"{path} is not a {what}: it seems to be {kind}{advice}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-        raise UserError(f"{path} is corrupt or truncated and cannot be read as a {what} (not a torch.save archive)")
+        raise UserError(f"{path} is corrupt or truncated and cannot be read as a {what} "
+                        f"(not a complete torch.save archive){hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         culprit = f" ({found.group(1)})" if found else ""
         raise UserError(f"{path} holds pickled objects that are not plain tensors or values{culprit}; "
-                        "refusing to load it") from None
+                        f"refusing to load it{hint}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise UserError(f"{path} is corrupt or truncated and cannot be read as a {what} "
-                        f"({type(exc).__name__})") from None
+                        f"({type(exc).__name__}){hint}") from None
 
 
 def make_checkpoint(model: nn.Module, *, model_name: str, num_classes: int, input_shape: tuple[int, ...],

@@ -37,6 +37,31 @@ def data_dir(path: Optional[str | os.PathLike] = None) -> Path:
     return Path(path or os.environ.get(DATA_DIR_ENV) or "data").expanduser().absolute()
 
 
+def _data_dir_source(path: Optional[str | os.PathLike]) -> str:
+    """How the user named the data folder, for error messages."""
+    if path:
+        return "--data-dir"
+    if os.environ.get(DATA_DIR_ENV):
+        return f"${DATA_DIR_ENV}"
+    return "the data folder"
+
+
+def check_data_dir(folder: Path, source: str, create: bool) -> None:
+    """Raise ``UserError`` (one line naming ``source``) unless ``folder`` is a readable folder.
+
+    With ``create`` (a dataset this toolkit generates and caches there) a missing folder is
+    created and must be writable; otherwise a missing folder is left to the dataset's own "not
+    found" message, which says which files to put where."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{source} {folder} is a file, not a folder; give the folder that holds the datasets")
+    if create:
+        from .cli import writable_dir
+
+        writable_dir(folder, source)
+    if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+        raise UserError(f"{source} {folder} cannot be read (permission denied)")
+
+
 @dataclass
 class Split:
     x: torch.Tensor  # float32, (N, *input_shape)
@@ -86,9 +111,14 @@ def _read_mnist1d(folder: Path, samples: int) -> tuple[np.ndarray, ...]:
             np.random.set_state(np_state)
             random.setstate(py_state)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
-        os.replace(tmp, path)
+        # a name of its own, so that two processes making the same cache never write one file
+        tmp = folder / f".mnist1d_{samples}.{os.getpid()}.tmp.npz"
+        try:
+            np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     with np.load(path) as f:
         return f["x"], f["y"], f["x_test"], f["y_test"]
 
@@ -210,10 +240,12 @@ def load_dataset(hp: DatasetHparams, root: Optional[str | os.PathLike] = None) -
     check_dataset_name(hp.dataset)
     if hp.val_fraction:
         check_fraction(hp.val_fraction, "--val-fraction", allow_zero=True)
+    if hp.dataset == "mnist1d" and hp.mnist1d_samples < 20:
+        raise UserError(f"--mnist1d-samples must be at least 20, got {hp.mnist1d_samples}")
     folder = data_dir(root)
+    cached = hp.dataset == "mnist1d" and (folder / f"mnist1d_{hp.mnist1d_samples}.npz").is_file()
+    check_data_dir(folder, _data_dir_source(root), create=hp.dataset == "mnist1d" and not cached)
     if hp.dataset == "mnist1d":
-        if hp.mnist1d_samples < 20:
-            raise UserError(f"--mnist1d-samples must be at least 20, got {hp.mnist1d_samples}")
         x, y, xt, yt = _read_mnist1d(folder, hp.mnist1d_samples)
         x, xt = x[:, None, :], xt[:, None, :]
     elif hp.dataset == "mnist":

@@ -3,7 +3,8 @@
 A run lives in ``OUT/ALGORITHM-HASH/`` (the hash covers every hyperparameter that differs from
 its default)::
 
-    config.json          the full configuration
+    config.json          the full configuration, and the software that ran it ("provenance")
+    .lock                held (``flock``) by the one process that works in the folder; holds its PID
     metrics.jsonl        one line per evaluation, written while training runs
     summary.json / .csv  one entry per finished level: density, accuracy, checkpoint paths
     level_L/mask.pt      the level's mask
@@ -11,13 +12,23 @@ its default)::
     level_L/state.pt     resume state while the level trains (removed once final.pt exists)
 
 Each stage checks whether its output exists and skips itself if so: a killed run started again
-with the same command continues where it stopped.
+with the same command continues where it stopped. Resuming refuses a folder whose stored
+configuration differs from the one asked for (a default that changed in the code since the folder
+was made leaves the hash, which covers only non-default values, unchanged), and one process at a
+time works in a folder: a second one fails at once.
 """
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
+import json
+import math
 import os
+import sys
+import threading
+import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -26,6 +37,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt_io
+from .cli import writable_dir
 from .cost import training_cost
 from .data import Dataset, load_dataset
 from .errors import UserError
@@ -34,8 +46,10 @@ from .loop import check_lengths, train
 from .masks import Mask, check_mask, count
 from .metrics_log import MetricsLog
 from .models import build_model, check_model_name
+from .provenance import provenance
 
 MASK_FORMAT = "lth-toolkit/mask"
+CSV_CHECKPOINTS = ("mask", "init", "rewind", "final")  # summary.csv columns KIND_path
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -62,6 +76,110 @@ def load_mask(path: Path) -> Mask:
     return obj["mask"]
 
 
+LOCK_NAME = ".lock"
+_held: dict[str, list] = {}  # lock file -> [file descriptor, users in this process]
+_held_guard = threading.Lock()
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``FOLDER/.lock`` that holds the holder's PID.
+
+    A second process that asks for the same folder gets a ``UserError`` at once, naming the
+    folder and the holder's PID. The kernel drops the lock when the holder exits, however it
+    exits (``kill -9`` included), so a stale ``.lock`` file never blocks a rerun. Within one
+    process the lock is shared: a notebook or test may run the same folder again while an
+    earlier ``Run`` object still exists; ``release`` drops it when its last user lets go."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._key = str(self.path.resolve())
+        self._released = False
+        with _held_guard:
+            if self._key in _held:
+                _held[self._key][1] += 1
+                return
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise UserError(f"cannot create the lock file {self.path}: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise UserError(f"run folder {self.folder} is in use by another process (PID {holder}); "
+                                "wait for it to finish or stop it, then run the command again") from None
+            except OSError as exc:
+                os.close(fd)
+                raise UserError(f"cannot lock run folder {self.folder} ({exc.strerror or exc}); "
+                                "is it on a file system without file locks?") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            _held[self._key] = [fd, 1]
+
+    def release(self) -> None:
+        """Let go of the lock (once; later calls do nothing)."""
+        if self._released:
+            return
+        self._released = True
+        _release(self._key)
+
+
+def _release(key: str) -> None:
+    with _held_guard:
+        entry = _held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _held[key]
+            try:
+                fcntl.flock(entry[0], fcntl.LOCK_UN)
+            finally:
+                os.close(entry[0])
+
+
+def _read_holder(fd: int) -> str:
+    """The PID written in a lock file by its holder ("unknown" if it has not written it yet)."""
+    for _ in range(20):  # the holder writes its PID right after taking the lock
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    return "unknown"
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    return a == b
+
+
+def config_differences(stored: dict, now: dict) -> list[str]:
+    """``"section.field stored A, now B"`` for every field that both configuration dicts (as in
+    ``config.json``) have and that differs. Fields only one side knows are ignored: a field added
+    to the code later sits at its default, which the run hash already vouches for."""
+    diffs = []
+    for section in sorted(set(stored) | set(now)):
+        old, new = stored.get(section), now.get(section)
+        if old is None and new is None:
+            continue
+        if old is None or new is None:
+            diffs.append(f"{section} stored {'none' if old is None else 'set'}, now {'none' if new is None else 'set'}")
+            continue
+        for name in sorted(set(old) & set(new)):
+            if not _same(old[name], new[name]):
+                diffs.append(f"{section}.{name} stored {old[name]!r}, now {new[name]!r}")
+    return diffs
+
+
+def _versions(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "started"}
+
+
 @dataclass
 class Run:
     """One run folder and everything needed to train its levels."""
@@ -76,12 +194,15 @@ class Run:
     on_epoch_end: Optional[Callable[[int], None]] = None
     validate: Optional[Callable[[nn.Module], None]] = None
     model_seed: Optional[int] = None  # the seed W^0 was drawn from, when not the run's (reinit controls)
+    out_flag: str = "--out"  # how error messages name ``root`` to the user
     data: Dataset = field(init=False)
 
     def __post_init__(self) -> None:
         check_model_name(self.config.model.model)
+        self.root = writable_dir(self.root, self.out_flag)  # before anything slow
         self.hash = self.config.hash(self.algorithm, *self.extra_identity)
-        self.dir = Path(self.root) / f"{self.algorithm}-{self.hash}"
+        self.dir = self.root / f"{self.algorithm}-{self.hash}"
+        self._lock: Optional[FolderLock] = None
         self.data = load_dataset(self.config.dataset, self.data_dir).to(self.device)
         hp = self.config.training
         self.iterations_per_epoch = -(-len(self.data.train) // max(1, hp.batch_size))
@@ -93,10 +214,76 @@ class Run:
         if self.validate is not None:
             self.validate(reference)
         self.log = MetricsLog(self.dir / "metrics.jsonl")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        ckpt_io.atomic_write_text(self.dir / "config.json", dumps(
-            {"algorithm": self.algorithm, "hash": self.hash, "identity": list(self.extra_identity),
-             "config": self.config.to_dict()}))
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserError(f"run folder {self.dir} is a file; move it away or use another {self.out_flag}")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"run folder {self.dir} cannot be created: {exc.strerror or exc}") from None
+        self._lock = FolderLock(self.dir)  # from here on this process is the folder's only writer
+        weakref.finalize(self, self._lock.release)
+        try:
+            self._write_or_check_config()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder's lock (it is also released when this object is garbage collected
+        or the process exits). The object stays readable (``dir``, ``summary``)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _write_or_check_config(self) -> None:
+        """Write ``config.json`` for a new folder; for an existing one, refuse a configuration that
+        differs from the stored one and record a change of software versions."""
+        path = self.dir / "config.json"
+        now = provenance()
+        now_record = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **now}
+        if not path.exists():
+            ckpt_io.atomic_write_text(path, dumps(
+                {"algorithm": self.algorithm, "hash": self.hash, "identity": list(self.extra_identity),
+                 "config": self.config.to_dict(), "provenance": [now_record]}))
+            return
+        try:
+            stored = json.loads(path.read_text())
+            stored_config = stored["config"]
+            if not isinstance(stored_config, dict):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path} cannot be read ({type(exc).__name__}), so what this run folder holds is "
+                            f"unknown; delete {self.dir} to start it again, or use another {self.out_flag}") from None
+        diffs = config_differences(stored_config, self.config.to_dict())
+        if stored.get("algorithm", self.algorithm) != self.algorithm:
+            diffs.insert(0, f"algorithm stored {stored['algorithm']!r}, now {self.algorithm!r}")
+        if list(stored.get("identity", self.extra_identity)) != list(self.extra_identity):
+            diffs.insert(0, f"identity stored {stored['identity']!r}, now {list(self.extra_identity)!r}")
+        if diffs:
+            raise UserError(
+                f"run folder {self.dir} was made with a different configuration ({'; '.join(diffs)}), probably "
+                "by a version of the toolkit with other defaults; resuming would mix the two. Use another "
+                f"{self.out_flag} (or delete the folder) to start afresh, or finish it with the toolkit "
+                "version recorded in its config.json")
+        history = stored.get("provenance")
+        if isinstance(history, dict):
+            history = [history]
+        if not isinstance(history, list):
+            history = []  # a folder made before versions were recorded
+        last = history[-1] if history and isinstance(history[-1], dict) else None
+        if last is not None and _versions(last) == now:
+            return
+        if last is not None:
+            changed = ", ".join(f"{k} {last.get(k)} -> {v}" for k, v in now.items() if last.get(k) != v)
+            print(f"warning: resuming {self.dir} with other software than it was started with ({changed}); "
+                  "recorded in its config.json", file=sys.stderr)
+        stored["provenance"] = history + [now_record]
+        ckpt_io.atomic_write_text(path, dumps(stored))
 
     # --- models and checkpoints -------------------------------------------------------------
 
@@ -194,8 +381,8 @@ class Run:
             final = ckpt_io.read_checkpoint(self.level_dir(level) / "final.pt")
             kept, total = count(final["mask"]) if final["mask"] is not None else (None, None)
             rel = lambda kind: f"level_{level}/{kind}.pt"  # noqa: E731
-            kinds = ["mask", "init", "rewind", "final"] + sorted(
-                p.stem for p in self.level_dir(level).glob("step_*.pt"))
+            steps = [p.stem for p in self.level_dir(level).glob("step_*.pt") if p.stem[5:].isdigit()]
+            kinds = ["mask", "init", "rewind", "final"] + sorted(steps, key=lambda stem: int(stem[5:]))
             macs = final["meta"].get("backprop_macs", {}).get("total")
             cumulative = (entries[-1]["cumulative_backprop_macs"] if entries else 0.0) + (macs or 0.0)
             entries.append({
@@ -208,16 +395,23 @@ class Run:
         return entries
 
     def write_summary(self) -> list[dict]:
+        """Write ``summary.json`` and ``summary.csv`` (one row per finished level; checkpoint paths
+        relative to the run folder in ``mask_path`` ... ``final_path``, and ``step_paths``
+        separated by ``;``); return the entries."""
         entries = self.summary()
         ckpt_io.atomic_write_text(self.dir / "summary.json", dumps(
             {"run": self.hash, "algorithm": self.algorithm, "folder": str(self.dir), "levels": entries}))
         columns = ["level", "density", "weights_kept", "weights_prunable", "test_accuracy", "test_loss",
                    "val_accuracy", "val_loss", "train_accuracy", "train_loss", "backprop_macs",
-                   "cumulative_backprop_macs"]
+                   "cumulative_backprop_macs"] + [f"{kind}_path" for kind in CSV_CHECKPOINTS] + ["step_paths"]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(entries)
+        for entry in entries:
+            paths = entry["checkpoints"]
+            row = {**entry, **{f"{kind}_path": paths.get(kind, "") for kind in CSV_CHECKPOINTS},
+                   "step_paths": ";".join(v for k, v in paths.items() if k.startswith("step_"))}
+            writer.writerow(row)
         ckpt_io.atomic_write_text(self.dir / "summary.csv", buffer.getvalue())
         return entries
 

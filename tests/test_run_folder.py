@@ -1,0 +1,234 @@
+"""Run folders: one writer at a time, no silent change of meaning on resume, provenance, output
+folders checked before any work, and the files read the way the README says (pandas)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+from training.errors import UserError
+from training.imp import run_imp
+
+LEVELS, EPOCHS = 2, 3
+
+
+def _argv(data_dir, out):
+    return [sys.executable, "-m", "training", "imp", "--data-dir", data_dir, "--model", "mnist1d_mlp",
+            "--mnist1d-samples", "500", "--batch-size", "40", "--train-for", f"{EPOCHS}ep", "--levels",
+            str(LEVELS), "--no-progress", "--threads", "1", "--out", str(out)]
+
+
+def _wait_for_lock(proc, out, timeout=120):
+    """The run folder once ``proc`` holds its lock (its PID is in RUN/.lock)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for lock in out.glob("imp-*/.lock"):
+            if lock.read_text().strip() == str(proc.pid):
+                return lock.parent
+        time.sleep(0.002)
+    proc.kill()
+    pytest.fail(f"the first process never held a lock (exit status {proc.poll()})")
+
+
+def _rows(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_second_process_on_a_run_folder_fails_at_once(data_dir, tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.Popen(_argv(data_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    folder = _wait_for_lock(first, out)
+    os.kill(first.pid, signal.SIGSTOP)  # hold it mid-run, deterministically
+    try:
+        second = subprocess.run(_argv(data_dir, out), capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 2
+    assert second.stderr.count("\n") == 1 and second.stderr.startswith("error: "), second.stderr
+    assert str(folder) in second.stderr and f"PID {first.pid}" in second.stderr
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    rows = _rows(folder)
+    # each level evaluates at its start and after every epoch, once
+    assert len(rows) == LEVELS * (EPOCHS + 1)
+    keys = [(r["level"], r["iteration"]) for r in rows]
+    assert keys == sorted(set(keys))
+
+
+def test_lock_of_a_killed_process_does_not_block_a_rerun(data_dir, tmp_path):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(_argv(data_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = _wait_for_lock(holder, out)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (folder / ".lock").read_text().strip() == str(holder.pid)  # the stale file is still there
+    rerun = subprocess.run(_argv(data_dir, out), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(_rows(folder)) == LEVELS * (EPOCHS + 1)
+
+
+def test_lock_is_shared_within_a_process_and_released_on_close(data_dir, tmp_path):
+    from training.runs import _held
+
+    a = run_imp(tiny_config(train_for="1ep"), levels=1, out=tmp_path, progress=False)
+    b = run_imp(tiny_config(train_for="1ep"), levels=1, out=tmp_path, progress=False)  # a still exists
+    key = str((a.dir / ".lock").resolve())
+    assert b.dir == a.dir and _held[key][1] == 2
+    a.close()
+    a.close()  # a second close changes nothing
+    assert _held[key][1] == 1
+    b.close()
+    assert key not in _held
+    probe = subprocess.run([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+                            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(a.dir / ".lock")],
+                           capture_output=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr  # another process can take it now
+
+
+# --- the configuration and provenance of a run folder -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_dir):
+    return run_imp(tiny_config(train_for="2ep"), levels=2, out=tmp_path_factory.mktemp("finished"), progress=False)
+
+
+def _copy(finished, tmp_path):
+    shutil.copytree(finished.dir, tmp_path / finished.dir.name)
+    folder = tmp_path / finished.dir.name
+    (folder / ".lock").unlink()
+    return folder
+
+
+def test_changed_default_refuses_to_resume(finished, tmp_path, capsys):
+    folder = _copy(finished, tmp_path)
+    stored = json.loads((folder / "config.json").read_text())
+    stored["config"]["training"]["momentum"] = 0.8  # as if the default had been 0.8 when it was made
+    stored["config"]["pruning"]["scope"] = "layerwise"
+    (folder / "config.json").write_text(json.dumps(stored))
+    before = (folder / "config.json").read_text()
+    with pytest.raises(UserError) as info:
+        run_imp(tiny_config(train_for="2ep"), levels=3, out=tmp_path, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and str(folder) in message
+    assert "training.momentum stored 0.8, now 0.9" in message
+    assert "pruning.scope stored 'layerwise', now 'global'" in message
+    assert message.count(" stored ") == 2  # only the fields that differ
+    assert "another --out" in message
+    assert (folder / "config.json").read_text() == before  # nothing rewritten
+    assert not (folder / "level_2").exists()  # nothing trained
+
+
+def test_untouched_folder_resumes_without_rewriting_config(finished, tmp_path, capsys):
+    folder = _copy(finished, tmp_path)
+    before = (folder / "config.json").stat()
+    run = run_imp(tiny_config(train_for="2ep"), levels=2, out=tmp_path, progress=False)
+    after = (folder / "config.json").stat()
+    assert run.dir == folder and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_every_run_records_its_software(finished):
+    import numpy
+    import platform
+
+    (record,) = json.loads((finished.dir / "config.json").read_text())["provenance"]
+    assert record["torch"] == str(torch.__version__) and record["numpy"] == numpy.__version__
+    assert record["python"] == platform.python_version()
+    assert record["toolkit"] is None or record["toolkit"][0].isdigit()
+    assert record["git_commit"] is None or len(record["git_commit"]) == 40
+
+
+def test_git_commit_is_read_from_the_repository_files(tmp_path):
+    from training.provenance import git_commit
+
+    assert git_commit(tmp_path) is None  # not a repository
+    git = tmp_path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    assert git_commit(tmp_path) is None  # a branch without commits
+    (git / "packed-refs").write_text("# pack-refs with: peeled\n" + "a" * 40 + " refs/heads/main\n")
+    assert git_commit(tmp_path) == "a" * 40
+    (git / "refs" / "heads" / "main").write_text("b" * 40 + "\n")
+    assert git_commit(tmp_path) == "b" * 40
+    (git / "HEAD").write_text("c" * 40 + "\n")  # detached
+    assert git_commit(tmp_path) == "c" * 40
+
+
+def test_old_folder_without_provenance_resumes_and_version_change_is_recorded(finished, tmp_path, capsys):
+    folder = _copy(finished, tmp_path)
+    stored = json.loads((folder / "config.json").read_text())
+    del stored["provenance"]  # written before versions were recorded
+    (folder / "config.json").write_text(json.dumps(stored))
+    run_imp(tiny_config(train_for="2ep"), levels=2, out=tmp_path, progress=False)
+    history = json.loads((folder / "config.json").read_text())["provenance"]
+    assert len(history) == 1 and history[0]["torch"] == str(torch.__version__)
+    assert "warning" not in capsys.readouterr().err
+
+    history[0]["torch"] = "1.0.0"  # as if made with another torch
+    stored = json.loads((folder / "config.json").read_text())
+    stored["provenance"] = history
+    (folder / "config.json").write_text(json.dumps(stored))
+    run_imp(tiny_config(train_for="2ep"), levels=2, out=tmp_path, progress=False)
+    err = capsys.readouterr().err
+    assert "warning" in err and f"torch 1.0.0 -> {torch.__version__}" in err and err.count("\n") == 1
+    history = json.loads((folder / "config.json").read_text())["provenance"]
+    assert [h["torch"] for h in history] == ["1.0.0", str(torch.__version__)]
+
+
+# --- output folders ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["names a file", "under a file", "under /proc"])
+def test_unwritable_output_folder_fails_before_any_work(data_dir, tmp_path, where, monkeypatch):
+    import training.runs
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = {"names a file": blocker, "under a file": blocker / "runs", "under /proc": "/proc/nope/runs"}[where]
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the output folder was checked")
+
+    monkeypatch.setattr(training.runs, "load_dataset", no_data)
+    with pytest.raises(UserError) as info:
+        run_imp(tiny_config(), levels=1, out=out, progress=False)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"--out {out}")
+
+
+def test_unwritable_output_folder_through_the_command_line(data_dir, tmp_path, capsys):
+    from training.__main__ import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["imp", "--out", str(blocker / "runs"), "--no-progress", "--model", "mnist1d_mlp"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and err.count("\n") == 1
+
+
+# --- reading the files with pandas, as the README says -----------------------------------------
+
+
+def test_summary_and_metrics_read_with_pandas(finished):
+    pd = pytest.importorskip("pandas")
+
+    summary = pd.read_csv(finished.dir / "summary.csv")
+    assert list(summary["level"]) == [0, 1]
+    assert summary["density"].iloc[1] == pytest.approx(0.8, abs=1e-3)
+    for kind in ("mask", "init", "rewind", "final"):
+        paths = summary[f"{kind}_path"]
+        assert list(paths) == [f"level_{level}/{kind}.pt" for level in (0, 1)]
+        assert all((finished.dir / p).is_file() for p in paths)
+    assert summary["step_paths"].isna().all()  # an IMP run saves no extra steps
+    as_json = json.loads((finished.dir / "summary.json").read_text())["levels"]
+    assert list(summary["final_path"]) == [e["checkpoints"]["final"] for e in as_json]
+
+    metrics = pd.read_json(finished.dir / "metrics.jsonl", lines=True)
+    assert len(metrics) == len((finished.dir / "metrics.jsonl").read_text().splitlines()) == 2 * 3
+    assert set(metrics["level"]) == {0, 1} and metrics["test_accuracy"].between(0, 1).all()
+    assert metrics["train_loss"].isna().sum() == 2  # the evaluation at each level's start has no training loss
