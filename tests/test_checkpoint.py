@@ -128,3 +128,15 @@ def test_corrupt_resume_state_says_how_to_recover(data_dir, tmp_path):
     state.unlink()  # the advice works
     run = run_imp(cfg(), levels=1, out=tmp_path, progress=False)
     assert run.level_done(0)
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from training.checkpoint import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.json", "{}")
+    (tmp_path / "b.json").write_text("{}")
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.json") == mode(tmp_path / "b.json")
