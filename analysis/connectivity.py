@@ -1,4 +1,5 @@
-"""Linear mode connectivity and instability (Frankle et al. 2020; seed 001's slides).
+"""Linear mode connectivity and instability (Frankle et al. 2020, "Linear mode connectivity and the
+lottery ticket hypothesis"; the lecture slides "From model pruning to sparse updates and the LTH").
 
 ``python -m analysis.connectivity A.pt B.pt`` evaluates loss and error on the training and test
 sets along theta(alpha) = (1 - alpha) theta_A + alpha theta_B (every floating-point tensor of the
@@ -9,7 +10,8 @@ mask; pruned weights are zero at both ends, so the path stays inside the mask.
 ``python -m analysis.connectivity --instability K1.pt K2.pt ...``: from each rewind checkpoint
 W_k, train two copies that differ only in data order and augmentation (seeds 1 and 2), with the
 checkpoint's own training setup and mask, and measure their test-error barrier. A network is
-stable at k when the barrier is below 2% (the paper's threshold).
+stable at k when the barrier is below 2% (the paper's threshold). The copies are training
+branches (``training.branches``): checkpointed, resumable, stored under the checkpoint's run.
 """
 from __future__ import annotations
 
@@ -25,15 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import atomic_write_text, load
+from training.branches import branch_root, train_branch
+from training.checkpoint import atomic_write_text, load, read_checkpoint
+from training.cli import run_command, writable_dir
 from training.data import Dataset, Split, eval_batches
 from training.errors import UserError
-from training.hparams import Config
-from training.loop import evaluate, train
-from training.masks import apply_mask
+from training.loop import evaluate
 from training.runs import resolve_device
 
-from .figure_io import pyplot, save_png
+from .figure_io import checkpoint_label, line_style, pyplot, save_png, unique_labels
 
 STABLE_BARRIER = 0.02
 
@@ -99,7 +101,8 @@ def connect(path_a: str | Path, path_b: str | Path, points: int = 30, recompute_
     b = load(path_b, dev, data_dir, with_data=False)
     _check_compatible(a.checkpoint, b.checkpoint, path_a, path_b)
     result = interpolate(a.model, b.model, a.dataset, points, recompute_bn, train_samples)
-    result.update({"a": str(path_a), "b": str(path_b), "points": points})
+    result.update({"a": str(path_a), "b": str(path_b), "label_a": checkpoint_label(path_a, a.checkpoint),
+                   "label_b": checkpoint_label(path_b, b.checkpoint), "points": points})
     return result
 
 
@@ -107,50 +110,71 @@ def instability(path: str | Path, seeds: Sequence[int] = (1, 2), points: int = 3
                 device: str = "auto", data_dir: Optional[str] = None, progress: bool = True,
                 train_samples: Optional[int] = None) -> dict:
     """Train two copies of the rewind checkpoint at ``path`` (data-order seeds ``seeds``) to the end
-    of its run's schedule and measure their barrier."""
+    of its run's schedule and measure their barrier; return a JSON-ready dict (errors and barriers
+    as fractions, ``stable``: test barrier below 2%).
+
+    Each copy is a training branch (``training.branches``) stored under the checkpoint's run as
+    ``RUN/branches/instability-HASH/``: a second call reads the trained copies instead of training
+    again, and a killed call resumes. The copies keep the checkpoint's mask and what it says about
+    the weights outside it (zero, or frozen at their values for RISE checkpoints)."""
+    seeds = list(seeds)
+    if len(seeds) != 2 or seeds[0] == seeds[1]:
+        raise UserError(f"--seeds needs two different seeds, got {seeds}")
+    finals = [train_branch(path, "instability", seed, data_dir=data_dir, device=device, progress=progress)
+              for seed in seeds]
     dev = resolve_device(device)
-    loaded = load(path, dev, data_dir)
-    ckpt = loaded.checkpoint
-    config = ckpt["meta"].get("config")
-    if config is None:
-        raise UserError(f"{path} does not carry its training configuration; it was not written by a run")
-    hp = Config.from_dict(config).training
-    start = int(ckpt["step"]["iteration"])
-    copies = []
-    for seed in seeds:
-        model = copy.deepcopy(loaded.model).to(dev)
-        model.train()
-        apply_mask(model, loaded.mask)
-        trained_hp = copy.deepcopy(hp)
-        trained_hp.seed = seed
-        train(model, loaded.dataset, trained_hp, start=start, mask=loaded.mask, progress=progress)
-        copies.append(model)
-    result = interpolate(copies[0], copies[1], loaded.dataset, points, recompute_bn, train_samples)
-    result.update({"checkpoint": str(path), "k_iteration": start, "k_epoch": ckpt["step"]["epoch"],
-                   "seeds": list(seeds), "density": ckpt["meta"].get("density"),
+    a = load(finals[0], dev, data_dir)
+    b = load(finals[1], dev, data_dir, with_data=False)
+    ckpt = read_checkpoint(path)
+    result = interpolate(a.model, b.model, a.dataset, points, recompute_bn, train_samples)
+    result.update({"checkpoint": str(path), "label": checkpoint_label(path, ckpt),
+                   "run": str(ckpt["meta"].get("run_hash")),
+                   "run_label": f"{ckpt['meta'].get('algorithm', 'run')}-{str(ckpt['meta'].get('run_hash'))[:6]}",
+                   "level": ckpt["meta"].get("level"),
+                   "k_iteration": int(ckpt["step"]["iteration"]),
+                   "k_epoch": ckpt["step"]["epoch"], "seeds": seeds, "copies": [str(f) for f in finals],
+                   "density": ckpt["meta"].get("density"), "masked_weights": ckpt["meta"].get("masked_weights", "zero"),
                    "stable": result["test_barrier"] < STABLE_BARRIER})
     return result
 
 
 def _plot(results: list[dict], path: Path, instability_mode: bool) -> None:
+    """Test error (%) along the path against the interpolation coefficient alpha, one line per
+    pair; with ``instability_mode``, the test error barrier (%) against the rewind point k, one
+    line per run and level (the rewind points of one network), and the 2% stability threshold."""
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in results:
-        label = (f"k = {r['k_iteration']} it" if instability_mode else f"{Path(r['a']).name} -> {Path(r['b']).name}")
-        axes[0].plot(r["alpha"], 100 * np.array(r["test_error"]), marker=".", label=label)
-    axes[0].set(xlabel="interpolation alpha", ylabel="test error (%)", title="linear interpolation")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    if instability_mode:
+        labels = unique_labels([f"{r['label']} (k = {r['k_iteration']} it)" for r in results])
+    else:
+        labels = unique_labels([f"{r['label_a']} -> {r['label_b']}" for r in results])
+    for i, (r, label) in enumerate(zip(results, labels)):
+        axes[0].plot(r["alpha"], 100 * np.array(r["test_error"]), marker=".", label=label, **line_style(i))
+    axes[0].set(xlabel="interpolation coefficient alpha (0: first network, 1: second)", ylabel="test error (%)",
+                title="test error along the linear path" + (" between the two copies" if instability_mode else ""))
     axes[0].legend(fontsize=7)
     if instability_mode:
-        ks = [r["k_iteration"] for r in results]
-        axes[1].plot(ks, [100 * r["test_barrier"] for r in results], "o-")
-        axes[1].axhline(100 * STABLE_BARRIER, color="k", ls="--", label="2% threshold")
-        axes[1].set(xlabel="rewind point k (iterations)", ylabel="test error barrier (%)", title="instability")
-        axes[1].legend()
-    else:
+        runs: dict[tuple, list[dict]] = {}
         for r in results:
-            axes[1].plot(r["alpha"], r["test_loss"], marker=".")
-        axes[1].set(xlabel="interpolation alpha", ylabel="test loss", title="loss along the path")
+            runs.setdefault((r["run"], r["level"]), []).append(r)
+        run_labels = unique_labels([f"{group[0]['run_label']} L{group[0]['level']} ({100 * group[0]['density']:.1f}%)"
+                                    if group[0]["density"] is not None else group[0]["run_label"]
+                                    for group in runs.values()])
+        for i, (group, label) in enumerate(zip(runs.values(), run_labels)):
+            group = sorted(group, key=lambda r: r["k_iteration"])
+            axes[1].plot([r["k_iteration"] for r in group], [100 * r["test_barrier"] for r in group], marker="o",
+                         label=label, **line_style(i))
+        axes[1].axhline(100 * STABLE_BARRIER, color="k", ls=":", label="stability threshold (2%)")
+        axes[1].set(xlabel="rewind point k (iterations)", ylabel="test error barrier (%)",
+                    title="instability: barrier between two copies trained from k")
+        axes[1].legend(fontsize=7)
+    else:
+        for i, (r, label) in enumerate(zip(results, labels)):
+            axes[1].plot(r["alpha"], r["test_loss"], marker=".", label=label, **line_style(i))
+        axes[1].set(xlabel="interpolation coefficient alpha (0: first network, 1: second)",
+                    ylabel="test loss (cross-entropy, nats)", title="test loss along the linear path")
+        axes[1].legend(fontsize=7)
     fig.tight_layout()
     save_png(fig, path, dpi=120)
 
@@ -158,9 +182,13 @@ def _plot(results: list[dict], path: Path, instability_mode: bool) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m analysis.connectivity",
-        description="Linear mode connectivity between two checkpoints, or instability of rewind points.",
-        epilog="examples:\n  python -m analysis.connectivity runs/A/level_0/final.pt runs/B/level_0/final.pt\n"
-               "  python -m analysis.connectivity --instability runs/train-*/level_0/step_*.pt",
+        description="Linear mode connectivity between two checkpoints, or the instability of rewind points\n"
+                    "(Frankle et al., \"Linear mode connectivity and the lottery ticket hypothesis\").",
+        epilog="examples:\n  python -m analysis.connectivity RUN_A/level_0/final.pt RUN_B/level_0/final.pt\n"
+               "  python -m analysis.connectivity --instability RUN/level_0/step_*.pt\n"
+               "RUN is a run folder, e.g. RUN=$(ls -td runs/train-* | head -1).\n"
+               "--instability trains two copies of each checkpoint as resumable training branches under its\n"
+               "run (RUN/branches/instability-HASH/); a second call reads them instead of training again.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="two checkpoints, or rewind checkpoints with --instability")
     p.add_argument("--instability", action="store_true", help="train two copies from each checkpoint and compare")
@@ -169,42 +197,55 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="recompute batch-norm statistics at every point (off by default, as in the paper)")
     p.add_argument("--train-samples", type=int, help="evaluate the training loss on the first N examples only")
     p.add_argument("--seeds", default="1,2", help="data-order seeds of the two copies (default 1,2)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir")
-    p.add_argument("--out", default="connectivity-out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
+    p.add_argument("--out", default="connectivity-out", help="output folder (default connectivity-out)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars while --instability trains")
     args = p.parse_args(argv)
-    out = Path(args.out)
+    return run_command(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> None:
+    if args.points < 2:
+        raise UserError(f"--points must be at least 2 (the endpoints), got {args.points}")
+    if args.train_samples is not None and args.train_samples < 1:
+        raise UserError(f"--train-samples must be at least 1, got {args.train_samples}")
     try:
-        start = time.perf_counter()
-        if args.instability:
-            seeds = [int(s) for s in args.seeds.split(",")]
-            if len(seeds) != 2:
-                raise UserError(f"--seeds needs two seeds, got {args.seeds!r}")
-            results = [instability(c, seeds, args.points, args.recompute_bn, args.device, args.data_dir,
-                                   not args.no_progress, args.train_samples) for c in args.checkpoints]
-            results.sort(key=lambda r: r["k_iteration"])
-            for r in results:
-                print(f"k = {r['k_iteration']:>6} it ({r['k_epoch']:.2f} ep): test error barrier "
-                      f"{100 * r['test_barrier']:.2f}% -> {'stable' if r['stable'] else 'unstable'}")
-        else:
-            if len(args.checkpoints) != 2:
-                raise UserError(f"give two checkpoints to interpolate between (got {len(args.checkpoints)}), "
-                                "or use --instability")
-            results = [connect(*args.checkpoints, args.points, args.recompute_bn, args.device, args.data_dir,
-                               args.train_samples)]
-            r = results[0]
-            print(f"test error barrier {100 * r['test_barrier']:.2f}%, train error barrier "
-                  f"{100 * r['train_barrier']:.2f}% ({args.points} points)")
-        print(f"batch-norm statistics {'recomputed at every point' if args.recompute_bn else 'interpolated, not recomputed'}"
-              f"; {time.perf_counter() - start:.1f} s")
-        atomic_write_text(out / "connectivity.json", json.dumps({"results": results}, indent=1) + "\n")
-        _plot(results, out / "connectivity.png", args.instability)
-        print(f"wrote {out / 'connectivity.json'} and {out / 'connectivity.png'}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds must be two integers separated by a comma, got {args.seeds!r}") from None
+    if args.instability and (len(seeds) != 2 or seeds[0] == seeds[1]):
+        raise UserError(f"--seeds needs two different seeds, got {args.seeds!r}")
+    if not args.instability and len(args.checkpoints) != 2:
+        raise UserError(f"give two checkpoints to interpolate between (got {len(args.checkpoints)}), "
+                        "or use --instability")
+    resolve_device(args.device)
+    out = writable_dir(args.out)
+    if args.instability:
+        for checkpoint in args.checkpoints:  # every copy can be stored before the first one trains
+            branch_root(checkpoint)
+    json_path, png_path = out / "connectivity.json", out / "connectivity.png"
+    for stale in (json_path, png_path):  # an earlier call's results must not pass for this call's
+        stale.unlink(missing_ok=True)
+    start = time.perf_counter()
+    if args.instability:
+        results = [instability(c, seeds, args.points, args.recompute_bn, args.device, args.data_dir,
+                               not args.no_progress, args.train_samples) for c in args.checkpoints]
+        results.sort(key=lambda r: (r["run"], r["k_iteration"]))
+        for r in results:
+            print(f"{r['label']}: k = {r['k_iteration']} it ({r['k_epoch']:.2f} ep), test error barrier "
+                  f"{100 * r['test_barrier']:.2f}% -> {'stable' if r['stable'] else 'unstable'}")
+    else:
+        results = [connect(*args.checkpoints, args.points, args.recompute_bn, args.device, args.data_dir,
+                           args.train_samples)]
+        r = results[0]
+        print(f"test error barrier {100 * r['test_barrier']:.2f}%, train error barrier "
+              f"{100 * r['train_barrier']:.2f}% ({args.points} points)")
+    print(f"batch-norm statistics {'recomputed at every point' if args.recompute_bn else 'interpolated, not recomputed'}"
+          f"; {time.perf_counter() - start:.1f} s")
+    atomic_write_text(json_path, json.dumps({"results": results}, indent=1) + "\n")
+    _plot(results, png_path, args.instability)
+    print(f"wrote {json_path} and {png_path}")
 
 
 if __name__ == "__main__":

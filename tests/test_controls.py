@@ -28,14 +28,20 @@ def test_controls(source):
     w_k = read_checkpoint(source.dir / "level_0" / "rewind.pt")["state_dict"]
     same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
 
-    state, m, start = init_of(run_control(source.dir, "reinit", 1, seed=7, progress=False))
+    reinit = run_control(source.dir, "reinit", 1, seed=7, progress=False)
+    state, m, start = init_of(reinit)
     fresh = build_model("mnist1d_mlp", 10, (1, 40), 7).state_dict()
     assert same(m, mask) and start == 0
+    for kind in ("init", "final"):  # W^0 was drawn from seed 7: that is the model seed recorded
+        assert read_checkpoint(reinit.dir / "level_0" / f"{kind}.pt")["model"]["seed"] == 7
     for n in mask:
         assert torch.equal(state[n], fresh[n] * mask[n]) and not torch.equal(state[n], w_k[n] * mask[n])
 
-    state, m, start = init_of(run_control(source.dir, "random-prune", 1, seed=7, progress=False))
+    prune = run_control(source.dir, "random-prune", 1, seed=7, progress=False)
+    state, m, start = init_of(prune)
     assert start == 3 and not same(m, mask)
+    # random-prune starts from the run's W^k: the model seed stays the run's
+    assert read_checkpoint(prune.dir / "level_0" / "init.pt")["model"]["seed"] == source.config.training.seed
     for n in mask:
         assert int(m[n].sum()) == int(mask[n].sum())
         assert torch.equal(state[n], w_k[n] * m[n])

@@ -1,7 +1,9 @@
-"""Controls on an existing run's ticket (seed 002; Liu et al.; Zhou et al.), like OpenLTH's branches.
+"""Controls on an existing run's ticket (Havinga & Sawhney, "An analysis of neural network pruning in
+relation to the LTH"; Liu et al., "Rethinking the value of network pruning"; Zhou et al.,
+"Deconstructing lottery tickets: zeros, signs, and the supermask"), like OpenLTH's branches.
 
 Each control takes level L of a finished IMP run, changes one thing, and trains the result with the
-run's own hyperparameters in ``RUN/branches/CONTROL-HASH/``:
+run's own hyperparameters in ``RUN/branches/CONTROL-HASH/`` (a training branch, ``training.branches``):
 
 - ``reinit``          same mask, fresh random initialisation (``--seed``), trained from iteration 0.
 - ``scratch-e``       Liu et al.'s Scratch-E: the pruned network from scratch for the same number of
@@ -22,12 +24,13 @@ from typing import Optional
 
 import torch
 
+from .branches import BranchStart, train_run
 from .checkpoint import read_checkpoint
 from .cost import layer_macs
 from .data import load_dataset
 from .errors import UserError
 from .hparams import Config
-from .masks import Mask, apply_mask
+from .masks import Mask
 from .models import build_model
 from .runs import Run, load_mask, resolve_device
 from .seeding import generator
@@ -114,30 +117,23 @@ def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[in
         hp.milestones = _scale_steps(hp.milestones, factor, ipe)
         hp.warmup = f"{int(round(Step.parse(hp.warmup).iterations(ipe) * factor))}it"
         identity += (f"factor={factor:.6f}",)
-    run = Run(config, control, root, dev, data_dir, progress, identity)
-    if run.level_done(0):
-        return _finish(run, progress)
+    fresh_init = control in ("reinit", "scratch-e", "scratch-b")
+    # a fresh initialisation is drawn from the control's seed: record it as the model seed
+    run = Run(config, control, root, dev, data_dir, progress, identity, model_seed=seed if fresh_init else None)
 
-    w_k = read_checkpoint(run_dir / "level_0" / "rewind.pt")["state_dict"]
-    start = run.rewind_iteration
-    if control in ("reinit", "scratch-e", "scratch-b"):
-        model = build_model(config.model.model, run.data.num_classes, run.data.input_shape, seed).to(dev)
-        start = 0
-    else:
-        model = run.new_model()
+    def make_start() -> BranchStart:
+        meta = {"control": control, "source_run": source, "source_level": level}
+        if fresh_init:
+            state = build_model(config.model.model, run.data.num_classes, run.data.input_shape, seed).state_dict()
+            return BranchStart(state, mask, 0, False, meta)
+        w_k = read_checkpoint(run_dir / "level_0" / "rewind.pt")["state_dict"]
         if control == "random-prune":
-            mask = random_mask_like(mask, seed)
-            state = w_k
-        elif control == "reshuffle":
-            state = reshuffle_kept(w_k, mask, seed)
-        else:
-            state = signed_constants(w_k, mask)
-        model.load_state_dict(state)
-    mask = {n: m.to(dev) for n, m in mask.items()}
-    apply_mask(model, mask)
-    run.mask_for(0, lambda: mask)
-    run.save(model, mask, start, 0, "init", {"control": control, "source_run": source, "source_level": level})
-    run.train_level(0, model, mask, start=start)
+            return BranchStart(w_k, random_mask_like(mask, seed), run.rewind_iteration, False, meta)
+        if control == "reshuffle":
+            return BranchStart(reshuffle_kept(w_k, mask, seed), mask, run.rewind_iteration, False, meta)
+        return BranchStart(signed_constants(w_k, mask), mask, run.rewind_iteration, False, meta)
+
+    train_run(run, make_start)
     return _finish(run, progress)
 
 
