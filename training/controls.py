@@ -119,7 +119,8 @@ def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[in
         identity += (f"factor={factor:.6f}",)
     fresh_init = control in ("reinit", "scratch-e", "scratch-b")
     # a fresh initialisation is drawn from the control's seed: record it as the model seed
-    run = Run(config, control, root, dev, data_dir, progress, identity, model_seed=seed if fresh_init else None)
+    run = Run(config, control, root, dev, data_dir, progress, identity, model_seed=seed if fresh_init else None,
+              out_flag="branch folder")
 
     def make_start() -> BranchStart:
         meta = {"control": control, "source_run": source, "source_level": level}
