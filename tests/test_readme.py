@@ -1,0 +1,75 @@
+"""The README stays true: its commands parse, its run folders are the ones the commands make,
+and it names papers by author and title."""
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _commands(prefix: str) -> list[list[str]]:
+    """The README's shell lines that start with ``python -m PREFIX``, split into words, without
+    the trailing comment, with $VARIABLES replaced by a placeholder path."""
+    out = []
+    for line in README.splitlines():
+        if not line.startswith(f"python -m {prefix} "):
+            continue
+        words = shlex.split(re.sub(r"\$\(.*?\)|\$\w+", "runs/x", line), comments=True)
+        if "--help" not in words:
+            out.append(words[3:])
+    return out
+
+
+def test_names_papers_not_seed_files():
+    assert not re.search(r"seed 00\d", README)
+
+
+def test_no_globs_that_match_other_runs():
+    # `runs/imp-*/...` picks up every run the tour made, not the one the text means
+    assert not re.search(r"runs/[a-z-]+-\*/", README)
+
+
+def test_training_commands_parse():
+    from training.__main__ import make_parser
+
+    commands = _commands("training")
+    assert len(commands) > 15
+    parser = make_parser()
+    for argv in commands:
+        parser.parse_args(argv)  # SystemExit(2) on an unknown flag or a bad value
+
+
+def test_theory_commands_parse():
+    from theory.__main__ import make_parser
+
+    commands = _commands("theory")
+    assert len(commands) >= 4
+    for argv in commands:
+        make_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("variable, argv", [("RUN", ["imp"]), ("TRAIN", ["train", "--save-at", "0,1ep,2ep,5ep"])])
+def test_run_folders_named_in_the_readme_are_the_commands_folders(variable, argv, monkeypatch, tmp_path):
+    import training.runs
+    from training.__main__ import main
+    from training.hparams import Config
+
+    named = set(re.findall(rf"^{variable}=runs/([\w-]+)", README, flags=re.M))
+    assert len(named) == 1, f"README sets {variable} to {named}"
+    hashes = []
+    original = Config.hash
+    monkeypatch.setattr(Config, "hash", lambda self, *a: hashes.append((a[0], original(self, *a))) or hashes[-1][1])
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(training.runs, "load_dataset", stop)  # the folder's name is known by then
+    with pytest.raises(Stop):
+        main([*argv, "--out", str(tmp_path)])
+    algorithm, digest = hashes[-1]
+    assert named == {f"{algorithm}-{digest}"}
