@@ -74,3 +74,18 @@ def test_n_needed_grows_linearly_in_log_inverse_eps():
     assert n50 == sorted(n50) and all(r["n_50"] <= r["n_99"] for r in rows)
     slope, _ = fit_log_slope(rows)
     assert 0.5 < slope < 4  # about 1.4 to 2 per unit of ln(1/eps); Lueker: linear, not polynomial
+
+
+def test_n_needed_does_not_depend_on_the_search_limit():
+    """--n-max only bounds the search: a trial's first values are the same whatever the limit."""
+    assert np.array_equal(draw(50, 200, seed=3)[:, :30], draw(50, 30, seed=3))
+    short = samples_needed([0.1, 0.01], trials=200, n_max=30, seed=0)
+    long = samples_needed([0.1, 0.01], trials=200, n_max=200, seed=0)
+    assert all(row["n_99"] is not None for row in short)  # every answer lies below both limits
+    assert short == long
+
+
+def test_failure_rates_do_not_depend_on_the_largest_n():
+    few = failure_grid([4, 8, 12], [0.1], trials=100, seed=2)
+    more = failure_grid([4, 8, 12, 40], [0.1], trials=100, seed=2)
+    assert [e.to_dict() for e in few] == [e.to_dict() for e in more[:3]]

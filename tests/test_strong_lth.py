@@ -5,11 +5,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from theory.strong_lth import (
-    PrunedBlock,
     approximate_layer,
     approximate_network,
     batch_best_subset,
     random_target,
+    relu_network,
     single_weight_errors,
     unit_ball,
 )
@@ -61,7 +61,6 @@ def test_layer_error_at_most_max_entry_error_times_l1(d_out, d_in, n, seed):
 
 def test_kept_units_have_the_right_sign():
     block = approximate_layer(np.array([[0.3, -0.2]]), 16, seed=4)
-    assert isinstance(block, PrunedBlock)
     products = block.a[None] * block.b
     assert block.p_plus == pytest.approx((products * block.keep * (block.a[None] > 0)).sum(axis=2))
     assert block.p_minus == pytest.approx((products * block.keep * (block.a[None] < 0)).sum(axis=2))
@@ -79,12 +78,16 @@ def test_network_error_shrinks_with_n_and_beats_single_product():
 
 @pytest.mark.slow
 def test_pensia_scale_784_500_10():
-    result = approximate_network(random_target([784, 500, 10], seed=0), 21, eps=0.01, samples=100)
+    target = random_target([784, 500, 10], seed=0)
+    result = approximate_network(target, 21, eps=0.01, samples=100)
     s = result.summary(0.01)
     assert s["target_parameters"] == 397_000
     assert s["fraction_within_eps"] > 0.85
     assert 7 < s["kept_to_target"] < 12  # Pensia et al. report 9.39x
-    assert s["seconds"] < 60
+    # the approximation is useful: well below the error of pruning everything (output 0), 0.36x here;
+    # the inputs are the ones approximate_network samples (seed + 7)
+    x = unit_ball(100, 784, seed=7)
+    assert s["output_error"] < 0.5 * np.abs(relu_network(target, x)).max()
 
 
 def test_bad_input():

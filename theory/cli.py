@@ -42,6 +42,8 @@ def run_command(body: Callable[[], Optional[int]]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader left; nothing to report
+        return 0
 
 
 def writable_dir(path: Union[str, Path], flag: str = "--out") -> Path:

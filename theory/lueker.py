@@ -1,6 +1,8 @@
-"""Lueker's subset-sum theorem, checked by simulation (seed 001, Part II).
+"""Lueker's subset-sum theorem, checked by simulation.
 
-Theorem 2.4 (Lueker 1998, as stated in seed 001): let X_1, ..., X_n be i.i.d. uniform on
+Theorem 2.4 of Lueker, "Exponentially small bounds on the expected optimum of the partition and
+subset sum problems" (1998), as stated in the lecture slides "From model pruning to sparse updates
+and the LTH": let X_1, ..., X_n be i.i.d. uniform on
 [-1, 1] and 0 < eta < 1/2. If n/2 >= C ln(1/eta), then except with probability at most
 
     exp(-(n/2 - C ln(1/eta))^2 / (2n)),
@@ -9,8 +11,11 @@ every value in [-1/2, 1/2] has an admissible 2*eta-approximation: a subset whose
 2*eta of it. Throughout this module **eps = 2*eta** is the approximation error, so "failure"
 means: some target in [-1/2, 1/2] is farther than eps from every subset sum.
 
-Trial k draws one row of n_max values and uses its prefixes for every n, so each trial's
-coverage can only improve as n grows and the curves are monotone in n by construction.
+Trial k uses the prefixes of one sequence of values for every n, so each trial's coverage can
+only improve as n grows and the curves are monotone in n by construction. The values are drawn
+value index by value index (all trials' first values, then all second values, ...), so a trial's
+first n values do not depend on how many are drawn: a larger search limit (``n_max``) or a larger
+n in the grid never changes the results at smaller n.
 """
 from __future__ import annotations
 
@@ -35,10 +40,15 @@ LO, HI = -0.5, 0.5
 
 
 def draw(trials: int, n: int, seed: int = 0) -> np.ndarray:
-    """The values of every trial: shape (trials, n), i.i.d. uniform on [-1, 1]."""
+    """The values of every trial: shape (trials, n), i.i.d. uniform on [-1, 1].
+
+    ``draw(trials, m, seed)[:, :n] == draw(trials, n, seed)`` for every m >= n: the generator
+    fills value index by value index (a (n, trials) array, transposed), so trial k's first n
+    values are the same whatever the number drawn. Drawing row by row instead would give trial
+    k values number k*n ... k*n + n - 1 of the stream, which shift whenever n changes."""
     if trials < 1 or n < 0:
         raise InputError(f"need trials >= 1 and n >= 0, got trials={trials}, n={n}")
-    return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(trials, n))
+    return np.ascontiguousarray(np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, trials)).T)
 
 
 @njit(parallel=True, cache=True)

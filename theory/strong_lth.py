@@ -1,6 +1,7 @@
 """Strong lottery tickets by construction: approximating a target network by pruning a random one.
 
-One target weight w, input |x| <= 1, random a_i, b_i ~ U[-1, 1] (seed 001, Part II):
+One target weight w, input |x| <= 1, random a_i, b_i ~ U[-1, 1] (Part II of the lecture slides
+"From model pruning to sparse updates and the LTH"):
 
 - ``single``    (Malach et al.): keep the one product a_i b_i closest to w. With n samples the error
   shrinks like 1/n, so eps needs poly(1/eps) random weights.
