@@ -3,7 +3,7 @@
 H is the exact Hessian of the mean cross-entropy over all the examples given, accumulated batch
 by batch with weight |batch| / N. Three ways to compute the products, all exact:
 
-- ``strategy="rop"`` (the default where the model allows it): Pearlmutter's R-operator
+- ``strategy="rop"`` (the default on CPU where the model allows it): Pearlmutter's R-operator
   (``analysis.rop``), with each batch's forward and backward pass computed once and cached, and
   the k vectors of a call sharing each pass over a small batch (folded into its batch axis). Models made of convolutions, linear layers,
   batch norm (evaluation mode), ReLU, pooling and residual additions qualify: every model in
@@ -12,7 +12,12 @@ by batch with weight |batch| / N. Three ways to compute the products, all exact:
   differentiable backward pass are shared by the k vectors of a call, then each vector costs one
   more backward pass through that graph. Any model.
 - ``strategy="batched"``: the same, with all k vectors through the graph at once with
-  ``is_grads_batched`` (the fallback on CUDA, where small layers are bound by kernel launches).
+  ``is_grads_batched`` (the default on CUDA, where small layers are bound by kernel launches,
+  and where the R-operator has not been measured yet: see ``choose_strategy``).
+
+The operator checks once, on construction, that it is deterministic (two products of the same
+vector agree), as curvlinops does, and refuses ``mode="train"`` on a model with active dropout
+(a random operator, not symmetric) unless ``allow_dropout=True``.
 
 Two spaces:
 - ``full``: all trainable parameters (those the loss depends on) at the model's point.
@@ -38,18 +43,51 @@ from .rop import RopEngine
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def choose_strategy(requested: str, device: torch.device, rop_reason: Optional[str]) -> str:
+    """The Hessian-vector product strategy to use: ``requested`` unless it is ``"auto"``.
+
+    ``"auto"`` picks the R-operator (``"rop"``) on CPU when the model allows it (``rop_reason``
+    is None), else ``"loop"``; on CUDA it picks ``"batched"`` (autograd with ``is_grads_batched``):
+    the R-operator engine has only been measured on CPU so far, and stays opt-in on a GPU until
+    a GPU measurement says it pays. Raises ``UserError`` when ``"rop"`` is asked for a model it
+    cannot run."""
+    if requested not in ("auto", "rop", "loop", "batched"):
+        raise UserError(f"unknown HVP strategy {requested!r}; choose auto, rop, loop or batched")
+    if requested == "rop" and rop_reason is not None:
+        raise UserError(f"the R-operator strategy cannot run this model: {rop_reason}; "
+                        "use --hvp loop (strategy='loop')")
+    if requested != "auto":
+        return requested
+    if torch.device(device).type == "cuda":
+        return "batched"
+    return "rop" if rop_reason is None else "loop"
+
+
+def active_dropout(model: nn.Module) -> list[str]:
+    """Names of the dropout modules of ``model`` that would drop something in training mode."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
 class HessianOperator:
     """``H @ v`` for the mean loss of ``model`` over ``batches``; call it on a (k, dim) tensor.
 
     ``mode="eval"`` (default) uses batch norm running statistics and no dropout; ``mode="train"``
-    normalises each batch with its own statistics (running statistics are not touched).
-    Parameters that are frozen or that the loss does not reach are left out and listed in
-    ``skipped``.
+    normalises each batch with its own statistics (running statistics are not touched); with
+    active dropout it is refused (``UserError``) unless ``allow_dropout``, and then each product
+    draws new dropout masks. Parameters that are frozen or that the loss does not reach are left
+    out and listed in ``skipped``.
+
+    On construction one product of a random vector is computed twice; if the two differ by more
+    than the arithmetic's rounding (``determinism_tolerance``), the operator is refused, unless
+    dropout was allowed (then ``deterministic`` is False and ``determinism_error`` says how far
+    apart they were). The check is not counted in ``products`` and ``passes``.
     """
 
     def __init__(self, model: nn.Module, batches: Sequence[Batch], space: str = "full",
                  mask: Optional[Mask] = None, mode: str = "eval", dtype: Optional[torch.dtype] = None,
-                 strategy: str = "auto", cache_bytes: int = 1 << 30):
+                 strategy: str = "auto", cache_bytes: int = 1 << 30, allow_dropout: bool = False,
+                 check_determinism: bool = True):
         if space not in ("full", "ticket"):
             raise UserError(f"unknown space {space!r}; choose full or ticket")
         if mode not in ("eval", "train"):
@@ -59,13 +97,16 @@ class HessianOperator:
         model = copy.deepcopy(model)
         if dtype is not None:
             model = model.to(dtype)
+        dropout = active_dropout(model) if mode == "train" else []
+        if dropout and not allow_dropout:
+            raise UserError(f"--mode train with active dropout ({', '.join(dropout)}) makes the Hessian random "
+                            "and not symmetric; use --mode eval, or --allow-dropout (allow_dropout=True) "
+                            "to accept a random operator")
         if mode == "train":
             model.train()
             replace_all_batch_norm_modules_(model)  # batch statistics, no running-stat updates
         else:
             model.eval()
-        if strategy not in ("auto", "rop", "loop", "batched"):
-            raise UserError(f"unknown HVP strategy {strategy!r}; choose auto, rop, loop or batched")
         self.model, self.mode, self.space = model, mode, space
         self.batches = [(x.to(dtype) if dtype is not None and x.is_floating_point() else x, y) for x, y in batches]
         self.examples = sum(len(y) for _, y in self.batches)
@@ -84,13 +125,10 @@ class HessianOperator:
         self.full_dim = sum(self.sizes)
         example = next(iter(self.params.values()))
         self.dtype, self.device = example.dtype, example.device
-        autograd = "batched" if self.device.type == "cuda" else "loop"
-        self.rop_reason = RopEngine.check(model)
-        if strategy == "rop" and self.rop_reason is not None:
-            raise UserError(f"the R-operator strategy cannot run this model: {self.rop_reason}; "
-                            "use --hvp loop (strategy='loop')")
-        if strategy == "auto":
-            strategy = "rop" if self.rop_reason is None else autograd
+        # the R-operator treats dropout as the identity: right in eval mode only
+        self.rop_reason = (f"dropout is active in train mode ({', '.join(dropout)})" if dropout
+                           else RopEngine.check(model))
+        strategy = choose_strategy(strategy, self.device, self.rop_reason)
         self.strategy = strategy
         self._engine: Optional[RopEngine] = None
         if strategy == "rop":
@@ -113,6 +151,35 @@ class HessianOperator:
         self.passes = 0  # passes over the data
 
         self._param_list = [named[n] for n in self.names]
+        self.allow_dropout = allow_dropout
+        self.deterministic: Optional[bool] = None
+        self.determinism_error: Optional[float] = None
+        if check_determinism:
+            self._check_determinism()
+
+    @property
+    def determinism_tolerance(self) -> float:
+        """The largest relative difference ||Hv - Hv'|| / ||Hv|| between two products of one
+        vector that counts as rounding: 10^4 machine epsilons of the operator's dtype."""
+        return 1e4 * torch.finfo(self.dtype).eps
+
+    def _check_determinism(self) -> None:
+        v = torch.randn(1, self.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        counters = self.products, self.passes
+        try:
+            first, second = self(v.to(self.dtype)), self(v.to(self.dtype))
+        except RuntimeError as exc:
+            if "not implemented" not in str(exc):
+                raise
+            raise UserError(f"the Hessian of this model cannot be computed: {str(exc).splitlines()[0]}") from None
+        self.products, self.passes = counters
+        scale = float(first.norm())
+        self.determinism_error = float((first - second).norm()) / scale if scale > 0 else float((first - second).norm())
+        self.deterministic = self.determinism_error <= self.determinism_tolerance
+        if not self.deterministic and not self.allow_dropout:
+            raise UserError(f"the Hessian-vector products are not deterministic: two products of the same "
+                            f"vector differ by {self.determinism_error:.1e} (relative; rounding allows "
+                            f"{self.determinism_tolerance:.0e}); the model's forward pass is random")
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
         """H V for V of shape (k, dim), or (dim,) for one vector."""

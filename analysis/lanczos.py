@@ -6,7 +6,7 @@ the data between its k vectors (the Hessian operator does) pays per pass, not pe
 
 - ``top_eigenvalues``: Lanczos with full reorthogonalisation, stopped when the residual bounds
   of the wanted Ritz pairs fall below a relative tolerance; residuals ||A y - theta y|| are then
-  measured with one more (batched) product.
+  measured with one more (batched) product, and each pair is marked converged or not.
 - ``hutchinson_trace``: a fixed budget of Rademacher probes, with the standard error.
 - ``slq`` and ``gaussian_density``: stochastic Lanczos quadrature for the spectral density.
 """
@@ -81,6 +81,14 @@ class Eigenpairs:
     vectors: torch.Tensor  # (k, n)
     steps: int
     products: int  # matrix-vector products used
+    converged: np.ndarray  # bool per value: its measured residual meets the tolerance (see top_eigenvalues)
+
+    @property
+    def converged_prefix(self) -> int:
+        """How many of the values, from the top, converged without a gap: the ones that may be
+        called the top eigenvalues."""
+        failed = np.flatnonzero(~self.converged)
+        return int(failed[0]) if len(failed) else len(self.converged)
 
 
 def top_eigenvalues(matvec: MatVec, n: int, k: int = 1, max_steps: int = 100, tol: float = 1e-5,
@@ -89,7 +97,12 @@ def top_eigenvalues(matvec: MatVec, n: int, k: int = 1, max_steps: int = 100, to
 
     Lanczos (full reorthogonalisation) stops once |beta_m s_{m,i}| <= tol * |theta_i| for the top
     k Ritz pairs (in exact arithmetic that bound is the residual norm), on breakdown, or after
-    ``max_steps`` steps. The residuals ||A y - theta y|| are then measured, not bounded.
+    ``max_steps`` steps. The residuals ||A y - theta y|| are then measured, not bounded, and a pair
+    counts as converged when ``residual <= tol * |theta| + 100 * eps * max|theta|`` (the second
+    term is the rounding floor of the arithmetic, eps of ``dtype``). Values that did not converge
+    (Lanczos stopped at ``max_steps`` first) are Ritz values, not necessarily eigenvalues: with
+    fewer steps than wanted values, the lowest ones can be interior or negative.
+    Returns ``min(k, n, steps taken)`` values.
     """
     if k < 1 or max_steps < 1:
         raise ValueError(f"need k >= 1 and max_steps >= 1, got k={k}, max_steps={max_steps}")
@@ -125,7 +138,10 @@ def top_eigenvalues(matvec: MatVec, n: int, k: int = 1, max_steps: int = 100, to
     values = theta[order]
     lam = torch.as_tensor(values, dtype=dtype, device=device)[:, None]
     residuals = (products - lam * vectors).norm(dim=1).double().cpu().numpy()
-    return Eigenpairs(values=values, residuals=residuals, vectors=vectors, steps=m, products=m + k)
+    floor = 100 * torch.finfo(dtype).eps * float(np.abs(theta).max(initial=0.0))
+    converged = residuals <= tol * np.abs(values) + floor
+    return Eigenpairs(values=values, residuals=residuals, vectors=vectors, steps=m, products=m + len(values),
+                      converged=converged)
 
 
 @dataclass

@@ -19,12 +19,13 @@ import argparse
 import copy
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis.hessian import hessian_batches
+from analysis.hessian import THIRD_PARTY_NOISE, hessian_batches
 from analysis.hvp import HessianOperator, tune_allocator
 from analysis.lanczos import hutchinson_trace, slq, top_eigenvalues
 from training.checkpoint import load
@@ -81,12 +82,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are printed (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--strategy", default="auto", choices=["auto", "rop", "loop", "batched"],
-                        help="our Hessian-vector product (default: the R-operator where the model allows)")
+                        help="our Hessian-vector product (default auto: the R-operator on CPU where the model "
+                             "allows, autograd on CUDA; see analysis.hvp.choose_strategy)")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc thresholds alone (by default both sides run tuned)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tuned = False if args.default_allocator else tune_allocator()
+    for message in THIRD_PARTY_NOISE:  # PyHessian's own create_graph warning
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
     from pyhessian import hessian as PyHessian
 
     device = resolve_device(args.device)

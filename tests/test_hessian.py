@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from analysis.hessian import Settings, analyze, main
 from analysis.hvp import HessianOperator
+from training.errors import UserError
 from analysis.lanczos import gaussian_density, hutchinson_trace, slq, top_eigenvalues
 from tests.conftest import tiny_config
 from training.imp import run_imp, run_train
@@ -58,7 +59,8 @@ def test_top_eigenvalues_trace_and_ticket_space_match_eigvalsh():
     eig = top_eigenvalues(op, op.dim, k=3, max_steps=op.dim, tol=1e-10, dtype=torch.float64)
     exact = np.linalg.eigvalsh(H)[::-1][:3]
     assert np.allclose(eig.values, exact, atol=1e-8) and np.all(eig.residuals < 1e-6)
-    trace = hutchinson_trace(op, op.dim, probes=4000, batch=500, generator=torch.Generator().manual_seed(0),
+    batched = HessianOperator(model, [(x, y)], dtype=torch.float64, strategy="batched")  # 500 probes a pass
+    trace = hutchinson_trace(batched, op.dim, probes=4000, batch=500, generator=torch.Generator().manual_seed(0),
                              dtype=torch.float64)
     assert abs(trace.mean - np.trace(H)) < 4 * trace.std_error
 
@@ -169,7 +171,7 @@ def test_bad_input_one_line(checkpoints, tmp_path, capsys):
     bad.write_bytes(b"nonsense")
     cases = [
         ([str(tmp_path / "missing.pt")], "does not exist"),
-        ([str(bad)], "corrupt or truncated"),
+        ([str(bad)], "not a checkpoint"),
         ([str(dense), "--space", "ticket"], "dense"),
         ([str(sparse), "--probes", "0"], "--probes must be at least 1"),
         ([str(sparse), "--lanczos-steps", "0"], "--lanczos-steps must be at least 1"),
@@ -208,3 +210,53 @@ def test_train_mode_uses_batch_statistics():
     ev = HessianOperator(model, [(x, y)], mode="eval", dtype=torch.float64)
     assert torch.allclose(ev(torch.eye(ev.dim, dtype=torch.float64)), H_eval, atol=1e-10)
     assert not torch.allclose(H_train, H_eval, atol=1e-3)
+
+
+def test_values_lanczos_did_not_converge_to_are_marked():
+    n = 300
+    gen = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    # three outliers over a bulk in [-1, 1]: 12 steps find the outliers, not 12 top eigenvalues
+    bulk = torch.linspace(-1.0, 1.0, n - 3, dtype=torch.float64)
+    spectrum = torch.cat([bulk, torch.tensor([20.0, 40.0, 80.0], dtype=torch.float64)])
+    A = Q @ torch.diag(spectrum) @ Q.T
+    eig = top_eigenvalues(lambda V: V @ A, n, k=12, max_steps=12, tol=1e-6, generator=gen, dtype=torch.float64)
+    assert len(eig.values) == 12 and eig.converged.dtype == bool
+    assert eig.converged_prefix == 3 and eig.converged[:3].all() and not eig.converged[3:].any()
+    assert np.allclose(eig.values[:3], [80.0, 40.0, 20.0], atol=1e-9)
+    assert np.all(eig.residuals[3:] > 1e-2)  # the rest are Ritz values inside the bulk, some negative
+    full = top_eigenvalues(lambda V: V @ A, n, k=3, max_steps=n, tol=1e-8, generator=gen, dtype=torch.float64)
+    assert full.converged.all() and full.converged_prefix == 3
+
+
+class Noisy(nn.Module):
+    """A model whose forward pass is random even in evaluation mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x) * (1 + torch.rand(()))
+
+
+def test_operator_checks_its_determinism_once():
+    model, x, y = small_problem()
+    op = HessianOperator(model, [(x, y)], dtype=torch.float64)
+    assert op.deterministic and op.determinism_error < 1e-12
+    assert op.products == 0 and op.passes == 0  # the check is not counted
+    with pytest.raises(UserError, match="not deterministic"):
+        HessianOperator(Noisy().double(), [(x, y)], dtype=torch.float64)
+
+
+def test_train_mode_with_active_dropout_is_refused_unless_allowed():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)).double()
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    with pytest.raises(UserError, match="dropout"):
+        HessianOperator(model, [(x, y)], mode="train", dtype=torch.float64)
+    allowed = HessianOperator(model, [(x, y)], mode="train", dtype=torch.float64, allow_dropout=True)
+    assert not allowed.deterministic and allowed.determinism_error > 1e-3
+    assert allowed.strategy == "loop"  # the R-operator would treat dropout as the identity
+    evaluated = HessianOperator(model, [(x, y)], mode="eval", dtype=torch.float64)  # dropout off: fine
+    assert evaluated.deterministic and evaluated.strategy == "rop"

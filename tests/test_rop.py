@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis import rop
-from analysis.hvp import HessianOperator
+from analysis.hvp import HessianOperator, choose_strategy
 from analysis.lanczos import hutchinson_trace
 from analysis.rop import RopEngine
 from tests.test_hessian import explicit_hessian
@@ -159,10 +159,13 @@ def test_rop_matches_double_backward_on_every_registry_model(name):
 def test_unsupported_models_fall_back_to_double_backward():
     model, shape = _registry_model("mobilenetv3_small")
     batches = [(torch.randn(2, *shape), torch.randint(0, 10, (2,)))]
-    op = HessianOperator(model, batches)
+    op = HessianOperator(model, batches, check_determinism=False)
     assert op.strategy == "loop" and "unsupported operation" in op.rop_reason
     with pytest.raises(UserError, match="R-operator"):
         HessianOperator(model, batches, strategy="rop")
+    # hardsigmoid has no double backward in torch: the first product (the determinism check) says so
+    with pytest.raises(UserError, match="cannot be computed: derivative for .*hardsigmoid"):
+        HessianOperator(model, batches)
     cnn, shape = _registry_model("resnet20")
     train = HessianOperator(cnn, [(torch.randn(2, *shape), torch.randint(0, 10, (2,)))], mode="train")
     assert train.strategy == "loop"  # batch statistics couple the examples: autograd handles it
@@ -176,3 +179,15 @@ def test_trace_uses_quadratic_forms_and_agrees_with_products():
     slow = hutchinson_trace(lambda V: op(V), op.dim, probes=8, generator=torch.Generator().manual_seed(3),
                             dtype=torch.float64)
     assert quick.samples == pytest.approx(slow.samples, rel=1e-10)
+
+
+def test_auto_strategy_is_autograd_on_cuda_until_the_r_operator_is_measured_there():
+    # the choice only: nothing runs on the device
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert choose_strategy("auto", cuda, None) == "batched"
+    assert choose_strategy("auto", cuda, "unsupported operation") == "batched"
+    assert choose_strategy("auto", cpu, None) == "rop"
+    assert choose_strategy("auto", cpu, "unsupported operation") == "loop"
+    assert choose_strategy("rop", cuda, None) == "rop"  # still available when asked for
+    with pytest.raises(UserError, match="R-operator"):
+        choose_strategy("rop", cpu, "unsupported operation")
