@@ -202,7 +202,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default="connectivity-out", help="output folder (default connectivity-out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars while --instability trains")
     args = p.parse_args(argv)
-    return run_command(lambda: _main(args))
+    hint = "interrupted: run the same command again to resume its training branches" if args.instability else None
+    return run_command(lambda: _main(args), hint or "interrupted")
 
 
 def _main(args: argparse.Namespace) -> None:
@@ -224,6 +225,9 @@ def _main(args: argparse.Namespace) -> None:
     if args.instability:
         for checkpoint in args.checkpoints:  # every copy can be stored before the first one trains
             branch_root(checkpoint)
+    else:
+        for checkpoint in args.checkpoints:  # a mistyped path must not cost the previous results
+            read_checkpoint(checkpoint)
     json_path, png_path = out / "connectivity.json", out / "connectivity.png"
     for stale in (json_path, png_path):  # an earlier call's results must not pass for this call's
         stale.unlink(missing_ok=True)

@@ -326,11 +326,12 @@ def make_parser() -> argparse.ArgumentParser:
         description="Top eigenvalues, trace and spectral density of the loss Hessian of one or more checkpoints, "
                     "over the checkpoint's own training data. With no flags all three are computed.",
         epilog="examples:\n"
-               "  python -m analysis.hessian runs/imp-*/level_3/rewind.pt\n"
-               "  python -m analysis.hessian runs/imp-*/level_*/final.pt --density --out fig2   # overlaid densities,\n"
+               "  RUN=$(ls -td runs/imp-* | head -1)       # the latest IMP run\n"
+               "  python -m analysis.hessian $RUN/level_3/rewind.pt\n"
+               "  python -m analysis.hessian $RUN/level_*/final.pt --density --out fig2   # overlaid densities,\n"
                "      as in Fig. 2 of Tartaglione 2022, \"The rise of the lottery heroes\"\n"
-               "  python -m analysis.hessian ckpt.pt --space ticket --samples 2000 --top-k 10\n"
-               "  python -m analysis.hessian ckpt.pt --backend pyhessian    # cross-check with PyHessian 0.1\n"
+               "  python -m analysis.hessian $RUN/level_4/final.pt --space ticket --samples 2000 --top-k 10\n"
+               "  python -m analysis.hessian $RUN/level_4/final.pt --backend pyhessian   # cross-check with PyHessian 0.1\n"
                "\n"
                "Eigenvalues Lanczos did not converge to within --eig-steps are printed and stored apart\n"
                "(ritz_values, converged in hessian.json), never as top eigenvalues, with a warning.",

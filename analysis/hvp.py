@@ -164,15 +164,18 @@ class HessianOperator:
         return 1e4 * torch.finfo(self.dtype).eps
 
     def _check_determinism(self) -> None:
+        """Two double-backward products of one vector on the first batch must agree: a random
+        forward pass (dropout in train mode, a noisy layer) would make them differ. One batch is
+        enough to see it, and keeps the check cheap next to the estimators' hundreds of products
+        (the R-operator's cached passes are deterministic by construction once cached)."""
         v = torch.randn(1, self.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        counters = self.products, self.passes
+        columns = self._columns(v)
         try:
-            first, second = self(v.to(self.dtype)), self(v.to(self.dtype))
+            first, second = (self._autograd_products(columns, 1, self.batches[:1]) for _ in range(2))
         except RuntimeError as exc:
             if "not implemented" not in str(exc):
                 raise
             raise UserError(f"the Hessian of this model cannot be computed: {str(exc).splitlines()[0]}") from None
-        self.products, self.passes = counters
         scale = float(first.norm())
         self.determinism_error = float((first - second).norm()) / scale if scale > 0 else float((first - second).norm())
         self.deterministic = self.determinism_error <= self.determinism_tolerance
@@ -219,9 +222,10 @@ class HessianOperator:
         k = V.shape[0]
         return [c.reshape(k, *shape) for c, shape in zip(torch.split(V, self.sizes, dim=1), self.shapes)]
 
-    def _autograd_products(self, columns: list[torch.Tensor], k: int) -> torch.Tensor:
+    def _autograd_products(self, columns: list[torch.Tensor], k: int,
+                           batches: Optional[Sequence[Batch]] = None) -> torch.Tensor:
         out = torch.zeros(k, self.full_dim, dtype=self.dtype, device=self.device)
-        for x, y in self.batches:
+        for x, y in self.batches if batches is None else batches:
             loss = F.cross_entropy(self.model(x), y)
             grads = torch.autograd.grad(loss, self._param_list, create_graph=True)
             if self.strategy == "batched":

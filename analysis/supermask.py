@@ -131,6 +131,14 @@ def initial_weights(path: str | Path) -> InitialWeights:
         raise UserError(f"{path}: W^0 is read from the run's saved init.pt and {init_path} does not exist; "
                         "give a checkpoint inside its run folder (RUN/level_L/KIND.pt)")
     init = read_checkpoint(init_path)
+    if int(init["step"]["iteration"]) != 0:
+        # a branch that starts from a later point (random-prune, reshuffle, instability copies):
+        # its init.pt holds those weights, and W^0 is its source run's (RUN/branches/NAME-HASH/level_0/)
+        source = path.parent.parent.parent.parent / "level_0" / "init.pt"
+        if source.exists() and read_checkpoint(source)["meta"].get("run_hash") == init["meta"].get("source_run"):
+            return initial_weights(source)
+        raise UserError(f"{init_path} starts at iteration {init['step']['iteration']}, so it is not W^0, and the "
+                        "run it branched from is not in the folder above it; give a checkpoint of that run")
     if not _prunes_something(init["mask"]) or not masked_weights_are_zero(init):
         return InitialWeights(init["state_dict"], init_path, True)
     level0 = path.parent.parent / "level_0" / "init.pt"
@@ -329,7 +337,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default="supermask-out", help="output folder (default supermask-out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars while --train trains")
     args = p.parse_args(argv)
-    return run_command(lambda: _main(args))
+    hint = "interrupted: run the same command again to resume its training branches" if args.train else None
+    return run_command(lambda: _main(args), hint or "interrupted")
 
 
 def _main(args: argparse.Namespace) -> None:
@@ -349,6 +358,8 @@ def _main(args: argparse.Namespace) -> None:
     out = writable_dir(args.out)
     if args.train:
         branch_root(args.checkpoints[0])  # the trained networks can be stored before any trains
+    for checkpoint in args.checkpoints:  # a mistyped path must not cost the previous results
+        _mask_of(checkpoint) if args.compare else read_checkpoint(checkpoint)
     name = "similarity" if args.compare else "criteria" if args.criteria else "supermask"
     json_path, png_path = out / f"{name}.json", out / f"{name}.png"
     for stale in (json_path, png_path):  # an earlier call's results must not pass for this call's

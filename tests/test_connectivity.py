@@ -105,3 +105,12 @@ def test_instability_plot_of_several_checkpoints(runs, tmp_path, capsys):
     labels = {r["label"] for r in results}
     assert len(labels) == 2 and any(label.startswith("imp-") and " L1 " in label for label in labels)
     assert "imp-" in capsys.readouterr().out and (tmp_path / "connectivity.png").stat().st_size > 0
+
+
+def test_a_mistyped_checkpoint_keeps_the_previous_results(runs, tmp_path):
+    _, _, imp = runs
+    a, b = str(imp.dir / "level_0" / "final.pt"), str(imp.dir / "level_0" / "init.pt")
+    assert connectivity_main([a, b, "--points", "3", "--out", str(tmp_path)]) == 0
+    before = (tmp_path / "connectivity.json").read_text()
+    assert connectivity_main([a, str(tmp_path / "nothere.pt"), "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "connectivity.json").read_text() == before

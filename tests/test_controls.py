@@ -80,3 +80,10 @@ def test_bad_control_input(source, tmp_path):
         run_control(source.dir, "reinit", 5)
     with pytest.raises(UserError, match="not a run folder"):
         run_control(tmp_path, "reinit", 1)
+
+
+@pytest.mark.parametrize("text", ["{oops", "[]", '{"algorithm": "imp"}'])
+def test_a_damaged_run_config_is_one_line(tmp_path, text):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(UserError, match="config.json cannot be read"):
+        run_control(tmp_path, "reinit", 1)

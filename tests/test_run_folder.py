@@ -215,7 +215,7 @@ def test_unwritable_output_folder_through_the_command_line(data_dir, tmp_path, c
 
 
 def test_summary_and_metrics_read_with_pandas(finished):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # a dependency: the README tells users to read results with it
 
     summary = pd.read_csv(finished.dir / "summary.csv")
     assert list(summary["level"]) == [0, 1]

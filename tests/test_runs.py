@@ -8,6 +8,7 @@ from tests.conftest import tiny_config
 from training.checkpoint import read_checkpoint
 from training.imp import run_imp, run_train
 from training.masks import is_nested
+from training.errors import UserError
 from training.runs import load_mask
 
 
@@ -118,6 +119,12 @@ def test_dense_training_saves_requested_steps(data_dir, tmp_path):
     (row,) = csv.DictReader((run.dir / "summary.csv").open())
     assert row["step_paths"] == "level_0/step_0.pt;level_0/step_3.pt;level_0/step_10.pt"  # in step order
     assert row["final_path"] == "level_0/final.pt" and row["rewind_path"] == ""  # dense training: no W^k
+
+
+def test_a_save_point_after_the_end_is_refused_before_the_run_folder_exists(data_dir, tmp_path):
+    with pytest.raises(UserError, match="--save-at point 999ep is after the end of training"):
+        run_train(tiny_config(), "0,999ep", out=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_same_seed_same_run_on_cpu(data_dir, tmp_path):

@@ -153,3 +153,29 @@ def test_cli_plots_and_leaves_no_stale_results(runs, tmp_path, capsys):
     assert not (tmp_path / "supermask.json").exists() and not (tmp_path / "supermask.png").exists()
     assert main([ckpt, "--criteria", "--density", "0.3", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "criteria.png").exists()
+
+
+def test_a_mistyped_checkpoint_keeps_the_previous_results(runs, tmp_path):
+    from analysis.supermask import main
+
+    _, _, imp = runs
+    ticket = str(imp.dir / "level_1" / "final.pt")
+    assert main([ticket, "--seeds", "2", "--out", str(tmp_path)]) == 0
+    before = (tmp_path / "supermask.json").read_text()
+    assert main([ticket, str(tmp_path / "nothere.pt"), "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "supermask.json").read_text() == before
+
+
+def test_a_branch_that_starts_after_w0_reads_its_source_runs_w0(tmp_path, data_dir):
+    from analysis.supermask import initial_weights
+    from tests.conftest import tiny_config
+    from training.controls import run_control
+    from training.imp import run_imp
+
+    late = tiny_config(train_for="2ep")
+    late.pruning.rewind = "1ep"
+    imp = run_imp(late, levels=2, out=tmp_path, progress=False)
+    branch = run_control(imp.dir, "random-prune", 1, progress=False)
+    assert read_checkpoint(branch.dir / "level_0" / "init.pt")["step"]["iteration"] > 0  # W^k, not W^0
+    w0 = initial_weights(branch.dir / "level_0" / "final.pt")
+    assert w0.path == imp.dir / "level_0" / "init.pt" and w0.unmasked

@@ -18,7 +18,6 @@ run's own hyperparameters in ``RUN/branches/CONTROL-HASH/`` (a training branch, 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -32,7 +31,7 @@ from .errors import UserError
 from .hparams import Config
 from .masks import Mask
 from .models import build_model
-from .runs import Run, load_mask, resolve_device
+from .runs import Run, load_mask, read_run_config, resolve_device
 from .seeding import generator
 from .steps import Step, parse_steps
 
@@ -91,10 +90,7 @@ def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[in
     if control not in CONTROLS:
         raise UserError(f"unknown control {control!r}; choose one of: {', '.join(CONTROLS)}")
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise UserError(f"{run_dir} is not a run folder (no config.json)")
-    saved = json.loads(config_path.read_text())
+    saved = read_run_config(run_dir)
     if saved.get("algorithm") != "imp":
         raise UserError(f"controls apply to IMP/LOT runs; {run_dir} is a {saved.get('algorithm')!r} run")
     mask_path = run_dir / f"level_{level}" / "mask.pt"
@@ -103,7 +99,7 @@ def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[in
     config = Config.from_dict(saved["config"])
     seed = config.training.seed + 1 if seed is None else seed
     mask = load_mask(mask_path)
-    source = saved["hash"]
+    source = saved.get("hash") or run_dir.name.rsplit("-", 1)[-1]
     identity = (f"source={source}", f"level={level}", f"seed={seed}")
     root = run_dir / "branches"
     dev = resolve_device(device)

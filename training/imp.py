@@ -116,11 +116,9 @@ def run_train(config: Config, save_at: str = "", *, out: str | Path = "runs", da
     config.pruning = None
     points = parse_steps(save_at, "--save-at")
     identity = ("save_at=" + ",".join(str(p) for p in points),) if points else ()
-    run = Run(config, "train", Path(out), resolve_device(device), data_dir, progress, identity, on_epoch_end)
+    run = Run(config, "train", Path(out), resolve_device(device), data_dir, progress, identity, on_epoch_end,
+              save_at=tuple(points))
     iterations = sorted({p.iterations(run.iterations_per_epoch) for p in points})
-    late = [t for t in iterations if t > run.total]
-    if late:
-        raise UserError(f"--save-at point {late[0]} it is after the end of training ({run.total} it)")
     if not run.level_done(0):
         model = run.new_model()
         run.save(model, None, 0, 0, "init")

@@ -180,6 +180,22 @@ def _versions(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "started"}
 
 
+def read_run_config(run_dir: Path, remedy: str = "give a run folder written by this toolkit") -> dict:
+    """The ``config.json`` of run folder ``run_dir`` as a dict with a ``config`` dict inside; a
+    ``UserError`` (one line ending with ``remedy``) when it is missing, unreadable or malformed."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise UserError(f"{run_dir} is not a run folder (no config.json); {remedy}")
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict) or not isinstance(stored["config"], dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}), so what the run folder holds is "
+                        f"unknown; {remedy}") from None
+    return stored
+
+
 @dataclass
 class Run:
     """One run folder and everything needed to train its levels."""
@@ -193,6 +209,7 @@ class Run:
     extra_identity: tuple[str, ...] = ()
     on_epoch_end: Optional[Callable[[int], None]] = None
     validate: Optional[Callable[[nn.Module], None]] = None
+    save_at: tuple = ()  # Steps where `train --save-at` keeps extra checkpoints; checked against the length
     model_seed: Optional[int] = None  # the seed W^0 was drawn from, when not the run's (reinit controls)
     out_flag: str = "--out"  # how error messages name ``root`` to the user
     data: Dataset = field(init=False)
@@ -213,6 +230,10 @@ class Run:
                                 self.config.training.seed)
         if self.validate is not None:
             self.validate(reference)
+        for step in self.save_at:
+            if step.iterations(self.iterations_per_epoch) > self.total:
+                raise UserError(f"--save-at point {step} is after the end of training ({self.config.training.train_for}"
+                                f" = {self.total} it)")
         self.log = MetricsLog(self.dir / "metrics.jsonl")
         if self.dir.exists() and not self.dir.is_dir():
             raise UserError(f"run folder {self.dir} is a file; move it away or use another {self.out_flag}")
@@ -251,14 +272,8 @@ class Run:
                 {"algorithm": self.algorithm, "hash": self.hash, "identity": list(self.extra_identity),
                  "config": self.config.to_dict(), "provenance": [now_record]}))
             return
-        try:
-            stored = json.loads(path.read_text())
-            stored_config = stored["config"]
-            if not isinstance(stored_config, dict):
-                raise TypeError
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path} cannot be read ({type(exc).__name__}), so what this run folder holds is "
-                            f"unknown; delete {self.dir} to start it again, or use another {self.out_flag}") from None
+        stored = read_run_config(self.dir, f"delete {self.dir} to start it again, or use another {self.out_flag}")
+        stored_config = stored["config"]
         diffs = config_differences(stored_config, self.config.to_dict())
         if stored.get("algorithm", self.algorithm) != self.algorithm:
             diffs.insert(0, f"algorithm stored {stored['algorithm']!r}, now {self.algorithm!r}")
