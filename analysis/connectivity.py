@@ -35,7 +35,7 @@ from training.errors import UserError
 from training.loop import evaluate
 from training.runs import resolve_device
 
-from .figure_io import checkpoint_label, line_style, pyplot, save_png, unique_labels
+from .figure_io import checkpoint_label, line_style, pyplot, run_name, save_png, unique_labels
 
 STABLE_BARRIER = 0.02
 
@@ -129,7 +129,7 @@ def instability(path: str | Path, seeds: Sequence[int] = (1, 2), points: int = 3
     result = interpolate(a.model, b.model, a.dataset, points, recompute_bn, train_samples)
     result.update({"checkpoint": str(path), "label": checkpoint_label(path, ckpt),
                    "run": str(ckpt["meta"].get("run_hash")),
-                   "run_label": f"{ckpt['meta'].get('algorithm', 'run')}-{str(ckpt['meta'].get('run_hash'))[:6]}",
+                   "run_label": run_name(path, ckpt),
                    "level": ckpt["meta"].get("level"),
                    "k_iteration": int(ckpt["step"]["iteration"]),
                    "k_epoch": ckpt["step"]["epoch"], "seeds": seeds, "copies": [str(f) for f in finals],

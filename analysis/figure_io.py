@@ -33,19 +33,32 @@ def line_style(index: int, colors: int = 10) -> dict:
     return {"color": f"C{index % colors}", "linestyle": LINE_STYLES[(index // colors) % len(LINE_STYLES)]}
 
 
+def checkpoint_density(ckpt: dict) -> float:
+    """Fraction of prunable weights the checkpoint keeps: its ``meta["density"]``, else counted
+    from its mask; 1.0 for a dense checkpoint."""
+    density = (ckpt.get("meta") or {}).get("density")
+    mask = ckpt.get("mask")
+    if density is None and mask:
+        density = sum(int(m.sum()) for m in mask.values()) / max(1, sum(m.numel() for m in mask.values()))
+    return 1.0 if density is None else float(density)
+
+
+def run_name(path, ckpt: dict) -> str:
+    """``ALGORITHM-HASH6`` of the run that wrote the checkpoint (the file name for foreign files)."""
+    meta = ckpt.get("meta") or {}
+    if "run_hash" not in meta:
+        return Path(path).name
+    return f"{meta.get('algorithm', 'run')}-{str(meta['run_hash'])[:6]}"
+
+
 def checkpoint_label(path, ckpt: dict) -> str:
     """A readable legend label for a checkpoint: ``ALGORITHM-HASH6 L<level> <kind> <density>%``
     (e.g. ``imp-3fa2c1 L4 final 41.0%``), falling back to the file name for foreign files."""
     meta = ckpt.get("meta") or {}
     if "run_hash" not in meta:
         return Path(path).name
-    mask = ckpt.get("mask")
-    density = meta.get("density")
-    if density is None and mask:
-        kept = sum(int(m.sum()) for m in mask.values())
-        density = kept / max(1, sum(m.numel() for m in mask.values()))
-    text = f"{meta.get('algorithm', 'run')}-{str(meta['run_hash'])[:6]} L{meta.get('level', '?')} {meta.get('kind', Path(path).stem)}"
-    return text + (f" {100 * density:.1f}%" if density is not None else "")
+    return (f"{run_name(path, ckpt)} L{meta.get('level', '?')} {meta.get('kind', Path(path).stem)} "
+            f"{100 * checkpoint_density(ckpt):.1f}%")
 
 
 def unique_labels(labels: list[str]) -> list[str]:

@@ -31,7 +31,15 @@ from training.masks import PRUNABLE_TYPES
 from training.runs import resolve_device
 from training.seeding import generator
 
-from .figure_io import checkpoint_label, line_style, pyplot, save_png, unique_labels
+from .figure_io import (
+    checkpoint_density,
+    checkpoint_label,
+    line_style,
+    pyplot,
+    run_name,
+    save_png,
+    unique_labels,
+)
 
 
 def arc(x0: torch.Tensor, x1: torch.Tensor, points: int) -> torch.Tensor:
@@ -110,15 +118,6 @@ def gain(sparse: float, dense: float) -> Optional[float]:
 OUTPUTS = ("trajectory.json", "trajectory.png")
 
 
-def _density(ckpt: dict) -> float:
-    """Fraction of prunable weights kept (meta's, else counted from the mask; 1.0 without a mask)."""
-    density = (ckpt.get("meta") or {}).get("density")
-    if density is None and ckpt.get("mask"):
-        mask = ckpt["mask"]
-        density = sum(int(m.sum()) for m in mask.values()) / max(1, sum(m.numel() for m in mask.values()))
-    return 1.0 if density is None else float(density)
-
-
 def describe(path: str | Path) -> dict:
     """What the plot and the report need to know of the checkpoint at ``path``, read without
     building the model: its label, its run (``run``: ``ALGORITHM-HASH6``, or the file name for a
@@ -126,11 +125,10 @@ def describe(path: str | Path) -> dict:
     file that is not a checkpoint."""
     ckpt = read_checkpoint(Path(path))
     meta = ckpt.get("meta") or {}
-    run = (f"{meta.get('algorithm', 'run')}-{str(meta['run_hash'])[:6]}" if "run_hash" in meta
-           else Path(path).name)
+    run = run_name(path, ckpt)
     run_key = f"{meta.get('algorithm', 'run')}-{meta['run_hash']}" if "run_hash" in meta else str(path)
     return {"checkpoint": str(path), "label": checkpoint_label(path, ckpt), "run": run, "run_key": run_key,
-            "kind": meta.get("kind", Path(path).stem), "level": meta.get("level"), "density": _density(ckpt),
+            "kind": meta.get("kind", Path(path).stem), "level": meta.get("level"), "density": checkpoint_density(ckpt),
             "dataset": ckpt.get("dataset")}
 
 
