@@ -29,7 +29,7 @@ from torch import nn
 
 from training.branches import branch_root, train_branch
 from training.checkpoint import atomic_write_text, load, read_checkpoint
-from training.cli import run_command, writable_dir
+from training.cli import ArgumentParser, run_command, writable_dir
 from training.data import Dataset, Split, eval_batches
 from training.errors import UserError
 from training.loop import evaluate
@@ -180,7 +180,7 @@ def _plot(results: list[dict], path: Path, instability_mode: bool) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m analysis.connectivity",
         description="Linear mode connectivity between two checkpoints, or the instability of rewind points\n"
                     "(Frankle et al., \"Linear mode connectivity and the lottery ticket hypothesis\").",

@@ -33,7 +33,7 @@ from training.checkpoint import (
     model_from_checkpoint,
     read_checkpoint,
 )
-from training.cli import run_command, writable_dir
+from training.cli import ArgumentParser, run_command, writable_dir
 from training.data import Dataset, Split, check_dataset_name, load_dataset
 from training.errors import UserError
 from training.hparams import DatasetHparams
@@ -321,7 +321,7 @@ def plot_densities(results: list[dict], path: Path) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m analysis.hessian",
         description="Top eigenvalues, trace and spectral density of the loss Hessian of one or more checkpoints, "
                     "over the checkpoint's own training data. With no flags all three are computed.",

@@ -35,7 +35,7 @@ from training.checkpoint import (
     model_from_checkpoint,
     read_checkpoint,
 )
-from training.cli import run_command, writable_dir
+from training.cli import ArgumentParser, run_command, writable_dir
 from training.controls import random_mask_like
 from training.errors import UserError
 from training.hparams import Config
@@ -312,7 +312,7 @@ def plot_similarity(result: dict, path: Path) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m analysis.supermask",
         description="Supermask accuracy of a ticket's mask at initialisation, the mask criteria of Zhou et al.,\n"
                     "\"Deconstructing lottery tickets: zeros, signs, and the supermask\", and mask similarity.\n"

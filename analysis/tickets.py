@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from training.checkpoint import atomic_write_text
-from training.cli import run_command, writable_dir
+from training.cli import ArgumentParser, run_command, writable_dir
 from training.data import DATASETS
 from training.errors import UserError
 
@@ -206,7 +206,7 @@ example (the search needs a validation split; it writes runs/ticket-search-HASH.
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.tickets", description=HELP, epilog=EPILOG,
+    p = ArgumentParser(prog="python -m analysis.tickets", description=HELP, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("index", help="the runs/ticket-search-HASH.json file a search wrote")
     p.add_argument("--no-trajectory", action="store_true", help="skip trajectory lengths and TL_gain (faster)")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from training.checkpoint import atomic_write_text, load, read_checkpoint
-from training.cli import run_command, writable_dir
+from training.cli import ArgumentParser, run_command, writable_dir
 from training.errors import UserError
 from training.masks import PRUNABLE_TYPES
 from training.runs import resolve_device
@@ -251,7 +251,7 @@ Give checkpoints of several runs to compare them: each run is drawn as its own l
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.trajectory", description=HELP, epilog=EPILOG,
+    p = ArgumentParser(prog="python -m analysis.trajectory", description=HELP, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="checkpoint files (.pt) of runs; TL_gain is against the first")
     p.add_argument("--pairs", type=int, default=16, help="random pairs of test inputs, one arc each (default 16)")

@@ -279,3 +279,23 @@ def test_help_names_papers_not_seed_files():
     for name in ("Lueker", "Malach et al.", "Pensia et al.", "From model pruning to sparse updates and the LTH"):
         assert name in joined, name
     assert "Optimal lottery tickets via SubsetSum" in joined and "pruning is all you need" in joined
+
+
+def test_ctrl_c_inside_a_numba_kernel_load_is_quiet(capsys):
+    """Ctrl-C while numba unpickles a cached kernel arrives as a SystemError caused by it."""
+    from theory.cli import run_command
+
+    def body():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("returned a result with an exception set") from exc
+
+    assert run_command(body) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+    def broken():
+        raise SystemError("a real bug")
+
+    with pytest.raises(SystemError):
+        run_command(broken)

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .cli import run_command, writable_dir
+from .cli import ArgumentParser, run_command, writable_dir
 from .subset_sum import MAX_ENUMERATION, InputError
 
 MAX_N = 10_000  # values per Lueker trial (the covers kernel's public limit)
@@ -44,7 +44,7 @@ def _floats(text: str) -> list[float]:
 
 def make_parser() -> argparse.ArgumentParser:
     """The ``python -m theory`` parser (three subcommands)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m theory",
         description="Numerical checks of the subset-sum route to strong lottery tickets: Lueker's theorem, and "
                     "the constructions of Malach et al. and Pensia et al. Papers: " + PAPERS)

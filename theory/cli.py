@@ -3,13 +3,22 @@ output folders checked before any work starts. ``theory`` stands alone (no torch
 ``training``), so it keeps its own copy of these few lines (see ``training/cli.py``)."""
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, NoReturn, Optional, Union
 
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` with the toolkit's error contract: a mistake on the command line (an unknown
+    flag, a value of the wrong type, a missing argument) is one line, ``error: ...``, and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 def _exit_interrupted(signum, frame) -> None:  # pragma: no cover - exercised through a subprocess
     os.write(2, b"interrupted\n")
@@ -42,8 +51,25 @@ def run_command(body: Callable[[], Optional[int]]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemError as exc:
+        # Ctrl-C while numba unpickles a cached kernel surfaces as a SystemError caused by it
+        if not _caused_by_interrupt(exc):
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `... | head`: the reader left; nothing to report
         return 0
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a ``KeyboardInterrupt`` is anywhere in ``exc``'s chain of causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def writable_dir(path: Union[str, Path], flag: str = "--out") -> Path:

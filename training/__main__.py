@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .cli import run_command, writable_dir
+from .cli import ArgumentParser, run_command, writable_dir
 from .errors import UserError
 from .hparams import build_config
 
@@ -71,7 +71,7 @@ def make_parser() -> argparse.ArgumentParser:
     from .hparams import add_flags
 
     raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m training", formatter_class=raw,
         description=_wrap("Lottery-ticket experiments: IMP with rewinding, ticket search, pruning at initialisation, "
                     "controls on tickets, dense training, and the two algorithms of " + TARTAGLIONE + ": "

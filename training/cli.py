@@ -6,15 +6,24 @@ needs (``theory/cli.py``).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, NoReturn, Optional, Union
 
 from .errors import UserError
 
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` with the toolkit's error contract: a mistake on the command line (an unknown
+    flag, a value of the wrong type, a missing argument) is one line, ``error: ...``, and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 def _exit_interrupted(signum, frame) -> None:  # pragma: no cover - exercised through a subprocess
     os.write(2, b"interrupted\n")

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -156,6 +157,17 @@ def _parse_optional_bool(text: str) -> Optional[bool]:
 SHORT_FLAGS = {"rewind": "-k"}  # Tartaglione 2022 ("The rise of the lottery heroes") writes the rewind point as k
 
 
+def finite_float(text: str) -> float:
+    """A float flag's value: any finite number (``inf`` and ``nan`` are refused by argparse)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+finite_float.__name__ = "finite number"  # argparse's message: "invalid finite number value: 'inf'"
+
+
 def add_flags(parser: argparse.ArgumentParser, section_names: list[str]) -> None:
     """Add one flag per field of the named sections; defaults are left unset (``SUPPRESS``)."""
     for name in section_names:
@@ -173,7 +185,7 @@ def add_flags(parser: argparse.ArgumentParser, section_names: list[str]) -> None
                 kwargs["metavar"] = "{true,false,auto}"
             else:
                 base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
-                kwargs["type"] = base
+                kwargs["type"] = finite_float if base is float else base
                 if f.metadata.get("choices"):
                     kwargs["choices"] = f.metadata["choices"]
             group.add_argument(*([SHORT_FLAGS[f.name]] if f.name in SHORT_FLAGS else []), _flag(f.name), **kwargs)

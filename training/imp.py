@@ -41,12 +41,27 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
     check_pruning(pruning)
 
     def check_pruning_on(model) -> None:  # fail now, not after level 0 has trained
+        check_levels(model)
         if pruning.score in STRUCTURED_SCORES:
             prune_by(pruning, {}, dense_mask(model), output_name(model), context=ScoreContext(model, ()))
             return
         prune_by(pruning, dict(model.named_parameters()), dense_mask(model), output_name(model),
                  target_density=pruning.target_density,
                  score="magnitude" if pruning.score in NETWORK_SCORES else None)
+
+    def check_levels(model) -> None:
+        """Refuse more levels than there are weights to prune: past some level, removing
+        ``--fraction`` of what is left rounds to nothing."""
+        if pruning.target_density is not None or pruning.score in STRUCTURED_SCORES:
+            return
+        kept = sum(int(m.numel()) for m in dense_mask(model).values())
+        for level in range(1, levels):
+            removed = round(pruning.fraction * kept)
+            if removed == 0 or removed >= kept:
+                raise UserError(f"--levels {levels} is more than this network can be pruned: at level {level}, "
+                                f"{kept} weights remain and --fraction {pruning.fraction} of them rounds to "
+                                f"{removed}; use --levels {level} or fewer")
+            kept -= removed
 
     identity = ()
     if pruning.target_density is not None:

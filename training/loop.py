@@ -38,8 +38,8 @@ def make_optimizer(model: nn.Module, hp: TrainingHparams) -> torch.optim.Optimiz
 
 def check_training(hp: TrainingHparams) -> None:
     """Raise ``UserError`` for numbers no optimizer accepts."""
-    if not hp.lr > 0:
-        raise UserError(f"--lr must be positive, got {hp.lr}")
+    if not 0 < hp.lr <= 1e6:  # larger rates overflow float32 updates at once
+        raise UserError(f"--lr must be positive and at most 1e6, got {hp.lr}")
     if not 0 <= hp.momentum < 1:
         raise UserError(f"--momentum must be in [0, 1), got {hp.momentum}")
     if not hp.bn_l1 >= 0:
