@@ -231,7 +231,8 @@ def criteria_table(final_path: str | Path, keep: float, train_masks: bool = Fals
     config = Config.from_dict(ckpt["meta"]["config"]) if "config" in ckpt["meta"] else None
     return {"checkpoint": str(final_path), "label": checkpoint_label(final_path, ckpt), "density": keep,
             "num_classes": loaded.dataset.num_classes, "w0": str(w0_file.path), "w0_unmasked": w0_file.unmasked,
-            "trained": train_masks, "train_for": config.training.train_for if config else None, "rows": rows}
+            "trained": train_masks, "train_for": config.training.train_for if config else None, "rows": rows,
+            "checkpoint_accuracy": (ckpt["meta"].get("results") or {}).get("test_accuracy")}
 
 
 def _chance(ax, num_classes: int) -> None:
@@ -281,6 +282,9 @@ def plot_criteria(result: dict, path: Path) -> None:
     for i, (key, label, color) in enumerate(series):
         ax.bar(x + (i - (len(series) - 1) / 2) * width, [100 * r[key] for r in rows], width, label=label, color=color)
     _chance(ax, result["num_classes"])
+    if result.get("checkpoint_accuracy") is not None:  # the trained network the criteria start from
+        ax.axhline(100 * result["checkpoint_accuracy"], color="k", ls="--", lw=1,
+                   label=f"the checkpoint itself ({100 * result['checkpoint_accuracy']:.1f}%)")
     ax.set_xticks(x, [r["criterion"] for r in rows], rotation=25, ha="right", rotation_mode="anchor", fontsize=8)
     what = f"{result['label']}: masks keeping {100 * result['density']:.1f}% of each layer"
     how = (f"trained from W^0 for the run's schedule ({result['train_for']}, "
@@ -288,7 +292,7 @@ def plot_criteria(result: dict, path: Path) -> None:
     ax.set(ylabel="test accuracy (%)", ylim=(0, 100), xlabel="mask criterion (Zhou et al.)",
            title=f"{what}\n{how}")
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # outside: bars reach 100%
     save_png(fig, path)
 
 

@@ -269,13 +269,15 @@ def figure(result: dict):
     label = (f"chance: {chance:.1f}% (1 / {result['num_classes']} classes)" if chance is not None
              else "0% (chance unknown)")
     ax.axhline(base, color="k", linestyle="--", linewidth=1, label=label)
+    # written on the line, not in a legend box that would cover the bars' values
+    ax.annotate(label, (1, base), xycoords=("axes fraction", "data"), xytext=(-4, 3), textcoords="offset points",
+                ha="right", va="bottom", fontsize=8)
     top = max(m + s for m, s in zip(means, stds)) if means else 100
     low = min([base] + [m - s for m, s in zip(means, stds)])  # below chance, a bar hangs under the line
     span = max(top - low, 1.0)
     # a little room under the baseline keeps the chance line visible
     ax.set_ylim(max(0.0, low - 0.03 * span), min(100 + 0.03 * span, top + 0.35 * span + 1))
     ax.set(ylabel=f"test accuracy (%), axis from {'chance' if chance is not None else '0%'}")
-    ax.legend(loc="upper left", fontsize=8)
     lts = "-" if result["lts_score"] is None else f"{result['lts_score']:.2f}"
     ax.set_title(f"test accuracy: SR {result['success_rate']:.0f}% over {result['replicates']} replicates, "
                  f"LTS {lts}", fontsize=10)
