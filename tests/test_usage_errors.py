@@ -37,7 +37,7 @@ def test_a_rate_too_large_for_float32_is_refused_before_any_work(tmp_path, capsy
     from training.__main__ import main
 
     assert main(["imp", "--lr", "1e300", "--out", str(tmp_path / "runs")]) == 2
-    assert capsys.readouterr().err.startswith("error: --lr must be positive and at most 1e6")
+    assert capsys.readouterr().err.startswith("error: --lr must be positive and at most 3.4e+38")
     assert not any((tmp_path / "runs").glob("imp-*"))
 
 

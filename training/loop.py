@@ -24,6 +24,7 @@ from .steps import Step, parse_steps
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def make_optimizer(model: nn.Module, hp: TrainingHparams) -> torch.optim.Optimizer:
@@ -38,8 +39,8 @@ def make_optimizer(model: nn.Module, hp: TrainingHparams) -> torch.optim.Optimiz
 
 def check_training(hp: TrainingHparams) -> None:
     """Raise ``UserError`` for numbers no optimizer accepts."""
-    if not 0 < hp.lr <= 1e6:  # larger rates overflow float32 updates at once
-        raise UserError(f"--lr must be positive and at most 1e6, got {hp.lr}")
+    if not 0 < hp.lr <= FLOAT32_MAX:  # the optimizers multiply float32 tensors by it
+        raise UserError(f"--lr must be positive and at most {FLOAT32_MAX:.3g} (float32's largest), got {hp.lr}")
     if not 0 <= hp.momentum < 1:
         raise UserError(f"--momentum must be in [0, 1), got {hp.momentum}")
     if not hp.bn_l1 >= 0:
