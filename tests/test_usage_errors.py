@@ -47,3 +47,22 @@ def test_more_levels_than_weights_to_prune_is_refused_before_any_work(tmp_path, 
     assert main(["imp", "--levels", "1000000000000", "--out", str(tmp_path / "runs")]) == 2
     assert "is more than this network can be pruned" in capsys.readouterr().err
     assert not any((tmp_path / "runs").glob("imp-*"))
+
+
+def test_negative_seeds_are_refused_as_in_theory(tmp_path, capsys):
+    from training.__main__ import main
+
+    assert main(["imp", "--seed", "-5", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: --seed must be a non-negative integer")
+    assert main(["control", "reinit", str(tmp_path), "--level", "1", "--seed", "-5"]) == 2
+    assert capsys.readouterr().err.startswith("error: --seed must be a non-negative integer")
+
+
+def test_theory_target_weights_and_widths_together_are_refused(tmp_path, capsys):
+    import numpy as np
+
+    from theory.__main__ import main
+
+    np.savez(tmp_path / "t.npz", W0=np.zeros((3, 4)), W1=np.zeros((2, 3)))
+    assert main(["network", "--weights", str(tmp_path / "t.npz"), "--widths", "3,3", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: give --weights or --widths, not both")

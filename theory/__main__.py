@@ -88,8 +88,9 @@ def make_parser() -> argparse.ArgumentParser:
                                    "et al., \"Optimal lottery tickets via SubsetSum: logarithmic "
                                    "over-parameterization is sufficient\" (2020), beside Malach et al.'s single "
                                    "product. Pensia et al.'s scale: --widths 784,500,10 --n 21 --eps 0.01")
-    p.add_argument("--widths", type=_ints, default=[20, 10, 5],
-                   help=f"random target widths, at least two, each 1 to {MAX_WIDTH:,} (default 20,10,5)")
+    p.add_argument("--widths", type=_ints, default=None,
+                   help=f"random target widths, at least two, each 1 to {MAX_WIDTH:,} (default 20,10,5); "
+                        "not with --weights, whose arrays give the widths")
     p.add_argument("--weights", help=".npz with 2-D arrays W0, W1, ... of shapes (d_out, d_in) to use as the target")
     p.add_argument("--n", type=int, default=21, help=f"random units per target weight, 1 to {MAX_UNITS} (default 21)")
     p.add_argument("--eps", type=float, default=0.01, help="per-entry tolerance reported, in (0, 1) (default 0.01)")
@@ -208,6 +209,10 @@ def check_args(args: argparse.Namespace) -> Optional[list[np.ndarray]]:
     _eps_in("--eps", args.eps)
     args.sweep = _ints_in("--sweep", args.sweep, 1, MAX_UNITS)
     _int_in("--samples", args.samples, 1, MAX_SAMPLES)
+    if args.weights and args.widths is not None:
+        raise InputError("give --weights or --widths, not both: the target's arrays set its widths")
+    if args.widths is None:
+        args.widths = [20, 10, 5]
     if args.weights:
         weights = load_weights(args.weights)
         shapes = [W.shape for W in weights]

@@ -90,6 +90,8 @@ def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[in
     if control not in CONTROLS:
         raise UserError(f"unknown control {control!r}; choose one of: {', '.join(CONTROLS)}")
     run_dir = Path(run_dir)
+    if seed is not None and seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {seed}")
     saved = read_run_config(run_dir)
     if saved.get("algorithm") != "imp":
         raise UserError(f"controls apply to IMP/LOT runs; {run_dir} is a {saved.get('algorithm')!r} run")

@@ -39,6 +39,8 @@ def make_optimizer(model: nn.Module, hp: TrainingHparams) -> torch.optim.Optimiz
 
 def check_training(hp: TrainingHparams) -> None:
     """Raise ``UserError`` for numbers no optimizer accepts."""
+    if hp.seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {hp.seed}")
     if not 0 < hp.lr <= FLOAT32_MAX:  # the optimizers multiply float32 tensors by it
         raise UserError(f"--lr must be positive and at most {FLOAT32_MAX:.3g} (float32's largest), got {hp.lr}")
     if not 0 <= hp.momentum < 1:
