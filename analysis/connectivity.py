@@ -168,6 +168,11 @@ def _plot(results: list[dict], path: Path, instability_mode: bool) -> None:
         axes[1].axhline(100 * STABLE_BARRIER, color="k", ls=":", label="stability threshold (2%)")
         axes[1].set(xlabel="rewind point k (iterations)", ylabel="test error barrier (%)",
                     title="instability: barrier between two copies trained from k")
+        per_epoch = {round(r["k_iteration"] / r["k_epoch"], 6) for r in results if r["k_epoch"]}
+        if len(per_epoch) == 1:  # one epoch length: the same axis in epochs on top
+            ipe = per_epoch.pop()
+            top = axes[1].secondary_xaxis("top", functions=(lambda it: it / ipe, lambda ep: ep * ipe))
+            top.set_xlabel("rewind point k (epochs)")
         axes[1].legend(fontsize=7)
     else:
         for i, (r, label) in enumerate(zip(results, labels)):
