@@ -62,7 +62,7 @@ def subcommands() -> list[str]:
 
 
 def test_every_subcommand_is_tested_for_help():
-    assert set(subcommands()) == {*RUN_COMMANDS, "control", "list"}
+    assert set(subcommands()) == {*RUN_COMMANDS, "control", "list", "sweep"}
 
 
 @pytest.mark.parametrize("command", [None, *subcommands()])

@@ -36,8 +36,16 @@ def test_training_commands_parse():
 
     commands = _commands("training")
     assert len(commands) > 15
+    from training.sweep import make_parser as sweep_parser
+    from training.sweep import parse_grid, point_argv, points
+
     parser = make_parser()
     for argv in commands:
+        if argv[0] == "sweep":  # every point of the grid is a command line of its own
+            args, base = sweep_parser().parse_known_args(argv[1:])
+            for point in points(parse_grid(args.grid)):
+                parser.parse_args(point_argv(args.command, base, point))
+            continue
         parser.parse_args(argv)  # SystemExit(2) on an unknown flag or a bad value
 
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -67,18 +67,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(parser_class: type = ArgumentParser) -> argparse.ArgumentParser:
+    """The parser of every command; ``parser_class`` lets the sweep raise instead of exiting."""
     from .hparams import add_flags
 
     raw = argparse.RawDescriptionHelpFormatter
-    parser = ArgumentParser(
+    parser = parser_class(
         prog="python -m training", formatter_class=raw,
         description=_wrap("Lottery-ticket experiments: IMP with rewinding, ticket search, pruning at initialisation, "
                     "controls on tickets, dense training, and the two algorithms of " + TARTAGLIONE + ": "
                     "I-LOT-R (lottery tickets found in I pruning iterations keeping R% of the weights at each, "
                     "rewinding to the weights W^k after k warm-up steps) and RISE-R (train from W^k only the "
                     "R% kept weights, the others frozen at their W^k values). Each command has --help."))
-    sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,ticket-search,at-init,train,control,list}")
+    sub = parser.add_subparsers(dest="command", metavar="{imp,lot,rise,ticket-search,at-init,train,control,sweep,list}")
 
     imp = sub.add_parser("imp", help="iterative magnitude pruning with rewinding (Frankle & Carbin)",
                          description=_wrap("Train, prune a fraction of the remaining weights, rewind the survivors to "
@@ -171,6 +172,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list models, datasets and presets",
                    description=_wrap("List the models, datasets and presets (--preset NAME) with their sources."))
+    # listed for --help; `main` hands `sweep ...` to training.sweep before this parser sees it
+    sub.add_parser("sweep", help="one run command over a grid of flag values (python -m training sweep --help)",
+                   add_help=False)
     return parser
 
 
@@ -193,10 +197,15 @@ def _list() -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; return the exit status
     (0, 2 for bad input with one ``error:`` line on stderr, 130 after Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:
+        from .sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
     parser = make_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # `python -m training` alone runs the demo
-        args = parser.parse_args(["imp", *(argv if argv is not None else sys.argv[1:])])
+        args = parser.parse_args(["imp", *argv])
     command = args.command
     interrupted = RESUME_HINT if command in RUN_COMMANDS else "interrupted"
     return run_command(lambda: _run(command, args), interrupted)
@@ -217,21 +226,29 @@ def _keep_to_fraction(args: argparse.Namespace, default_keep: Optional[float] = 
 
 
 def _run(command: str, args: argparse.Namespace) -> None:
+    prepare(command, args)()
+
+
+def prepare(command: str, args: argparse.Namespace) -> Callable[[], Any]:
+    """Check everything about one parsed command that can be checked without running it (flags,
+    configuration, a writable ``--out``) and return the function that runs it; that function
+    returns what the run function returns (a ``Run``, or a ticket search's index)."""
     if command == "list":
-        _list()
-        return
+        return _list
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     common = dict(data_dir=args.data_dir, device=args.device, progress=not args.no_progress)
+
+    def threads() -> None:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+
     if command == "control":
         from .controls import run_control
 
         if Path(args.run).is_dir():  # the branch is written under RUN/branches/
             writable_dir(args.run, flag="RUN")
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        run_control(args.run, args.name, args.level, args.seed, **common)
-        return
+        return lambda: (threads(), run_control(args.run, args.name, args.level, args.seed, **common))[1]
     if command == "lot":
         if args.iterations < 1:
             raise UserError(f"-I (pruning iterations) must be at least 1, got {args.iterations}; "
@@ -248,30 +265,32 @@ def _run(command: str, args: argparse.Namespace) -> None:
         config = build_config(args, sections, args.preset, DEFAULTS)
     else:
         config = build_config(args, sections, args.preset)
+    from .loop import check_training
+
+    check_training(config.training)
     writable_dir(args.out)  # before any work: a run must not be lost to an unwritable --out
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     common["out"] = args.out
     if command == "ticket-search":
         from .ticket_search import run_ticket_search
 
-        run_ticket_search(config, args.stages, args.replicates, **common)
+        run = lambda: run_ticket_search(config, args.stages, args.replicates, **common)  # noqa: E731
     elif command == "rise":
         from .rise import run_rise
 
-        run_rise(config, **common)
+        run = lambda: run_rise(config, **common)  # noqa: E731
     elif command == "at-init":
         from .at_init import run_at_init
 
-        run_at_init(config, **common)
+        run = lambda: run_at_init(config, **common)  # noqa: E731
     elif command in ("imp", "lot"):
         from .imp import run_imp
 
-        run_imp(config, args.levels, **common)
+        run = lambda: run_imp(config, args.levels, **common)  # noqa: E731
     else:
         from .imp import run_train
 
-        run_train(config, args.save_at, **common)
+        run = lambda: run_train(config, args.save_at, **common)  # noqa: E731
+    return lambda: (threads(), run())[1]
 
 
 if __name__ == "__main__":

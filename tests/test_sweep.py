@@ -1,0 +1,89 @@
+"""Sweeps: a grid of runs of one command, each in its own resumable folder, indexed in a CSV."""
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+from training.checkpoint import read_checkpoint
+from training.errors import UserError
+from training.imp import run_imp
+from training.sweep import parse_grid, points, run_grid
+
+TINY = ["--model", "mnist1d_mlp", "--mnist1d-samples", "500", "--train-for", "2ep", "--batch-size", "40",
+        "--lr", "0.05", "--weight-decay", "1e-4", "--eval-every", "1ep", "--levels", "2", "--no-progress"]
+
+
+def test_grid_parsing_and_order():
+    grid = parse_grid(["lr=0.01,0.1", "seed=0,1,2"])
+    assert grid == {"lr": ["0.01", "0.1"], "seed": ["0", "1", "2"]}
+    assert points(grid)[:2] == [{"lr": "0.01", "seed": "0"}, {"lr": "0.01", "seed": "1"}]
+    assert len(points(grid)) == 6
+    for bad in (["lr"], ["lr="], ["=1"], ["lr=1,,2"], ["lr=1", "lr=2"]):
+        with pytest.raises(UserError, match="--grid"):
+            parse_grid(bad)
+
+
+def test_sweep_runs_are_the_runs_the_command_makes(tmp_path, data_dir):
+    out = tmp_path / "runs"
+    runs, index = run_grid("imp", {"seed": [0, 1]}, [*TINY, "--out", str(out)], progress=False)
+    assert [r.status for r in runs] == ["done", "done"]
+    direct = run_imp(tiny_config(train_for="2ep", seed=1), levels=2, out=tmp_path / "direct", progress=False)
+    assert runs[1].folder.endswith(direct.dir.name)  # same settings, same hash-named folder
+    a = read_checkpoint(f"{runs[1].folder}/level_1/final.pt")["state_dict"]
+    b = read_checkpoint(direct.dir / "level_1" / "final.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # and the same weights
+    table = pd.read_csv(index)
+    assert list(table["seed"]) == [0, 1] and list(table["status"]) == ["done", "done"]
+    assert list(table["levels"]) == [2, 2] and table["test_accuracy"].between(0.1, 1).all()
+
+
+def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, data_dir):
+    runs, index = run_grid("imp", {"model": ["no_such_model", "mnist1d_mlp"]},
+                           [*TINY, "--out", str(tmp_path)], progress=False)
+    assert [r.status for r in runs] == ["failed", "done"]
+    assert "no_such_model" in runs[0].error
+    table = pd.read_csv(index)
+    assert list(table["status"]) == ["failed", "done"] and "no_such_model" in table["error"][0]
+
+
+def test_bad_points_are_refused_before_any_run(tmp_path, data_dir):
+    with pytest.raises(UserError, match=r"grid point lr=-1: --lr must be positive"):
+        run_grid("imp", {"lr": ["0.1", "-1"]}, [*TINY, "--out", str(tmp_path)], progress=False)
+    with pytest.raises(UserError, match="grid point levels=x"):
+        run_grid("imp", {"levels": ["x"]}, [*TINY, "--out", str(tmp_path)], progress=False)
+    assert not list(tmp_path.glob("imp-*"))
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, data_dir, monkeypatch):
+    import training.imp
+
+    calls = []
+    real = training.imp.run_imp
+
+    def dies_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training.imp, "run_imp", dies_on_the_second)
+    base = [*TINY, "--out", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        run_grid("imp", {"seed": [0, 1]}, base, progress=False)
+    first = next(tmp_path.glob("imp-*"))
+    stamp = (first / "level_1" / "final.pt").stat().st_mtime_ns
+    monkeypatch.setattr(training.imp, "run_imp", real)
+    runs, _ = run_grid("imp", {"seed": [0, 1]}, base, progress=False)
+    assert [r.status for r in runs] == ["done", "done"]
+    assert (first / "level_1" / "final.pt").stat().st_mtime_ns == stamp  # the finished run was not retrained
+
+
+def test_cli_prints_a_table_and_exits_by_status(tmp_path, data_dir, capsys):
+    from training.__main__ import main
+
+    assert main(["sweep", "imp", "--grid", "seed=0", *TINY, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 runs done" in out and "sweep-" in out
+    assert main(["sweep", "imp", "--grid", "model=no_such_model", *TINY, "--out", str(tmp_path)]) == 1
+    assert main(["sweep", "imp", "--grid", "lr", *TINY]) == 2
+    assert capsys.readouterr().err.startswith("error: --grid takes FIELD=V1,V2")

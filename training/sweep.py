@@ -1,0 +1,217 @@
+"""Sweeps: one run command over a grid of flag values, run after run.
+
+A sweep is the list of command lines ``COMMAND BASE... --FIELD VALUE ...``, one per point of the
+grid (the Cartesian product of the ``--grid FIELD=V1,V2`` lists, in the order given). Each is
+parsed and checked exactly as the command line would check it, all of them before the first run
+starts, and each run keeps its own hash-named, resumable folder: a sweep that dies is resumed by
+running it again (finished runs are skipped, an unfinished one resumes). A run that fails is
+reported with its error and the others go on. ``OUT/sweep-HASH.csv`` indexes the runs (grid
+values, status, folder, final metrics), rewritten after every run, for pandas.
+
+Backends: ``local`` (this process, one run after another). Ray and Slurm backends are planned.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from .checkpoint import atomic_write_text
+from .cli import ArgumentParser
+from .errors import UserError
+
+BACKENDS = ("local",)
+RUNNABLE = ("imp", "lot", "rise", "ticket-search", "at-init", "train", "control")
+
+
+class _RaisingParser(ArgumentParser):
+    """The command's own parser, raising ``UserError`` so that a sweep names the bad point."""
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
+    """``["lr=0.01,0.1", "seed=0,1"]`` -> ``{"lr": ["0.01", "0.1"], "seed": ["0", "1"]}``; values
+    stay strings, parsed later by the command's own flags. ``UserError`` for a malformed item."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip().lstrip("-").replace("_", "-")
+        listed = [v.strip() for v in values.split(",")]
+        if not sep or not name or not all(listed):
+            raise UserError(f"--grid takes FIELD=V1,V2,... (e.g. --grid lr=0.01,0.1), got {item!r}")
+        if name in grid:
+            raise UserError(f"--grid names {name} twice; give all its values in one --grid {name}=...")
+        grid[name] = listed
+    return grid
+
+
+def points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, str]]:
+    """Every combination of the grid's values, the first field varying slowest."""
+    names = list(grid)
+    return [dict(zip(names, map(str, values))) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def point_argv(command: str, base: Sequence[str], point: Mapping[str, str]) -> list[str]:
+    """The command line of one grid point: the command, the base flags, then ``--FIELD VALUE``
+    for every field of the point (a later flag overrides an earlier one)."""
+    return [command, *base, *itertools.chain.from_iterable((f"--{k}", v) for k, v in point.items())]
+
+
+@dataclass
+class SweepRun:
+    """One grid point: its values, its command line, and once run its status, folder and metrics."""
+
+    point: dict[str, str]
+    argv: list[str]
+    start: Callable[[], Any] = field(repr=False)
+    status: str = "pending"
+    folder: str = ""
+    error: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _results(result: Any) -> tuple[str, dict]:
+    """Folder and final metrics of what a run function returned: a ``Run`` (its last level) or a
+    ticket search's index (its path, and the mean over replicates of the last stage)."""
+    if isinstance(result, dict):  # ticket search
+        last = [rep["stages"][-1] for rep in result["replicates"] if rep["stages"]]
+        mean = lambda key: sum(s[key] for s in last) / len(last) if last and all(key in s for s in last) else None  # noqa: E731
+        return result.get("path", ""), {"levels": result["stages"], "density": mean("density"),
+                                        "test_accuracy": mean("test_accuracy")}
+    entries = result.summary()
+    last = entries[-1] if entries else {}
+    return str(result.dir), {"levels": len(entries), "density": last.get("density"),
+                             "test_accuracy": last.get("test_accuracy"), "val_accuracy": last.get("val_accuracy")}
+
+
+def plan(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = ()) -> list[SweepRun]:
+    """Parse and check every point's command line (nothing runs); ``UserError`` naming the first
+    bad point otherwise."""
+    from .__main__ import make_parser, prepare
+
+    if command not in RUNNABLE:
+        raise UserError(f"a sweep runs one of {', '.join(RUNNABLE)}; got {command!r}")
+    if not grid:
+        raise UserError("give at least one --grid FIELD=V1,V2,... to sweep over")
+    parser = make_parser(_RaisingParser)
+    runs = []
+    for point in points(grid):
+        argv = point_argv(command, base, point)
+        try:
+            args = parser.parse_args(argv)
+            start = prepare(command, args)
+        except UserError as exc:
+            raise UserError(f"grid point {', '.join(f'{k}={v}' for k, v in point.items())}: {exc}") from None
+        runs.append(SweepRun(point, argv, start))
+    return runs
+
+
+def index_path(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str]) -> Path:
+    """``OUT/sweep-HASH.csv``: OUT is the runs' ``--out`` (the last one given, else ``runs``; for
+    controls, the run's ``branches/`` folder); HASH covers the command, the base flags and the grid."""
+    key = json.dumps([command, list(base), {k: list(map(str, v)) for k, v in grid.items()}])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    outs = [base[i + 1] for i, a in enumerate(base[:-1]) if a == "--out"]
+    folder = Path(outs[-1] if outs else "runs")
+    if command == "control":
+        folder = Path(next((a for a in base if not a.startswith("-")), ".")) / "branches"
+    return folder / f"sweep-{digest}.csv"
+
+
+def write_index(runs: Sequence[SweepRun], path: Path) -> None:
+    """One row per run: its grid values, status, folder, error and final metrics."""
+    fields = list(runs[0].point) if runs else []
+    metric_names = sorted({k for r in runs for k in r.metrics})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, [*fields, "status", "folder", *metric_names, "error"])
+    writer.writeheader()
+    for r in runs:
+        writer.writerow({**r.point, "status": r.status, "folder": r.folder, **r.metrics, "error": r.error})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def run_grid(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = (), *,
+             backend: str = "local", progress: bool = True) -> tuple[list[SweepRun], Path]:
+    """Run ``command`` at every point of ``grid`` (``{flag name: values}``), with the flags in
+    ``base`` common to all; return the runs (status ``done`` or ``failed``) and the index CSV.
+
+    Example: ``run_grid("imp", {"lr": [0.01, 0.1], "seed": [0, 1, 2]}, ["--levels", "3"])``."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown --backend {backend!r}; available: {', '.join(BACKENDS)} "
+                        "(Ray and Slurm backends are planned)")
+    runs = plan(command, grid, base)
+    path = index_path(command, grid, base)
+    write_index(runs, path)
+    from tqdm import tqdm
+
+    bar = tqdm(runs, desc="sweep", unit="run", disable=not progress or not sys.stderr.isatty())
+    for r in bar:
+        bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in r.point.items()))
+        try:
+            r.folder, r.metrics = _results(r.start())
+            r.status = "done"
+        except UserError as exc:  # this run is reported; the others go on
+            r.status, r.error = "failed", str(exc)
+        write_index(runs, path)
+    return runs, path
+
+
+def print_table(runs: Sequence[SweepRun], path: Path) -> None:
+    """The summary: one line per run with its grid values, status, final accuracy and folder."""
+    names = list(runs[0].point) if runs else []
+    print("  ".join(f"{n:>10}" for n in names) + f"  {'status':>7}  {'density':>8}  {'test acc':>8}  folder / error")
+    for r in runs:
+        density = r.metrics.get("density")
+        accuracy = r.metrics.get("test_accuracy")
+        print("  ".join(f"{r.point[n]:>10}" for n in names) + f"  {r.status:>7}  "
+              + (f"{100 * density:>7.2f}%" if density is not None else f"{'-':>8}") + "  "
+              + (f"{100 * accuracy:>7.2f}%" if accuracy is not None else f"{'-':>8}") + "  "
+              + (r.folder if r.status == "done" else r.error))
+    failed = sum(r.status == "failed" for r in runs)
+    print(f"{len(runs) - failed} of {len(runs)} runs done" + (f", {failed} failed" if failed else "")
+          + f"; index: {path}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m training sweep",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run one command over a grid of flag values, one run after another. Every run keeps its "
+                    "own resumable folder: run the same sweep again to resume it. Any other flag is passed "
+                    "to every run.",
+        epilog="examples:\n"
+               "  python -m training sweep imp --grid lr=0.01,0.1 --grid seed=0,1,2 --levels 8\n"
+               "  python -m training sweep lot -R 10 --grid rewind=0,1ep,2ep -I 1\n"
+               "  python -m training sweep at-init --grid score=snip,synflow,random --target-density 0.1\n"
+               "\nwrites OUT/sweep-HASH.csv (OUT: the runs' --out, default runs): one row per run with its grid\n"
+               "values, status, folder and final density and test accuracy; read it with pandas.read_csv.")
+    parser.add_argument("command", choices=RUNNABLE, help="the run command to sweep")
+    parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                        help="a flag and its values (repeat for a grid; the first varies slowest)")
+    parser.add_argument("--backend", default="local", choices=BACKENDS,
+                        help="where the runs execute: local = this process, one after another (default)")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m training sweep COMMAND --grid F=V1,V2 [--grid ...] [flags of COMMAND]``."""
+    from .cli import run_command
+
+    args, base = make_parser().parse_known_args(argv)
+    progress = "--no-progress" not in base
+
+    def body() -> int:
+        runs, path = run_grid(args.command, parse_grid(args.grid), base, backend=args.backend, progress=progress)
+        print_table(runs, path)
+        return 1 if any(r.status == "failed" for r in runs) else 0
+
+    return run_command(body, "interrupted: run the same sweep again to resume it")
