@@ -87,3 +87,47 @@ def test_cli_prints_a_table_and_exits_by_status(tmp_path, data_dir, capsys):
     assert main(["sweep", "imp", "--grid", "model=no_such_model", *TINY, "--out", str(tmp_path)]) == 1
     assert main(["sweep", "imp", "--grid", "lr", *TINY]) == 2
     assert capsys.readouterr().err.startswith("error: --grid takes FIELD=V1,V2")
+
+
+def _finals(folder):
+    from pathlib import Path
+
+    return {p.relative_to(folder).as_posix(): read_checkpoint(p)["state_dict"]
+            for p in sorted(Path(folder).glob("level_*/final.pt"))}
+
+
+@pytest.mark.parametrize("backend", ["ray", "slurm"])
+def test_ray_and_submitit_make_the_same_runs_as_local(backend, tmp_path, data_dir):
+    pytest.importorskip({"ray": "ray", "slurm": "submitit"}[backend])
+    base = [*TINY, "--threads", "1"]
+    local, _ = run_grid("imp", {"seed": [0, 1]}, [*base, "--out", str(tmp_path / "local")], progress=False)
+    try:  # on this 2-core machine Ray runs the two tasks at once, one CPU each
+        other, index = run_grid("imp", {"seed": [0, 1]}, [*base, "--out", str(tmp_path / backend)],
+                                backend=backend, progress=False, cpus_per_run=1)
+    finally:
+        if backend == "ray":
+            import ray
+
+            ray.shutdown()
+    assert [r.status for r in other] == ["done", "done"]
+    for a, b in zip(local, other):
+        assert a.folder.rsplit("/", 1)[-1] == b.folder.rsplit("/", 1)[-1]
+        fa, fb = _finals(a.folder), _finals(b.folder)
+        assert list(fa) == ["level_0/final.pt", "level_1/final.pt"] and list(fa) == list(fb)
+        assert all(torch.equal(fa[k][n], fb[k][n]) for k in fa for n in fa[k])
+    assert list(pd.read_csv(index)["status"]) == ["done", "done"]
+
+
+def test_a_backend_whose_extra_is_missing_names_the_pip_command(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(UserError, match=r"pip install 'lth-toolkit\[ray\]'"):
+        run_grid("imp", {"seed": [0]}, [*TINY, "--out", str(tmp_path)], backend="ray", progress=False)

@@ -38,8 +38,14 @@ def run_command(body: Callable[[], Optional[int]]) -> int:
     """Run a command's body: ``InputError`` -> one line and 2, Ctrl-C -> ``interrupted`` and 130."""
     from .subset_sum import InputError  # numba: imported after the quiet Ctrl-C handler is in place
 
+    # Under `python -m theory` the quiet handler stays for the whole command: numba swallows a
+    # KeyboardInterrupt raised inside its ctypes callbacks (LLVM compilation, its kernel cache), so
+    # Ctrl-C must end the process at once; the outputs are written with SIGINT blocked
+    # (experiments.write_outputs), so an exit never leaves half of them. Elsewhere (a library call,
+    # the tests) Python's own handler raises KeyboardInterrupt as usual.
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signal.getsignal(signal.SIGINT) is not _exit_interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:
         pass
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -64,6 +65,8 @@ def write_outputs(out: Path, name: str, fig, data: dict) -> tuple[Path, Path]:
     png, js = out / f"{name}.png", out / f"{name}.json"
     # named by the process (not mkstemp: its files are private, 0600, whatever the umask)
     tmp_png, tmp_json = (out / f".{name}.{os.getpid()}.tmp{suffix}" for suffix in (".png", ".json"))
+    # Ctrl-C waits until the pair is in place (and the temporary files gone), then takes effect
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         with open(tmp_json, "w") as f:
             json.dump(strict_json(data), f, indent=2, allow_nan=False)
@@ -76,6 +79,7 @@ def write_outputs(out: Path, name: str, fig, data: dict) -> tuple[Path, Path]:
     finally:
         tmp_png.unlink(missing_ok=True)
         tmp_json.unlink(missing_ok=True)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return js, png
 
 

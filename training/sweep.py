@@ -8,7 +8,11 @@ running it again (finished runs are skipped, an unfinished one resumes). A run t
 reported with its error and the others go on. ``OUT/sweep-HASH.csv`` indexes the runs (grid
 values, status, folder, final metrics), rewritten after every run, for pandas.
 
-Backends: ``local`` (this process, one run after another). Ray and Slurm backends are planned.
+Backends (the executor adds no logic of its own: every run is the same function of its command
+line): ``local`` (this process, one run after another, needs nothing), ``ray`` (each run a Ray task;
+joins a cluster with ``--ray-address``, else starts a local Ray on this machine's CPUs/GPUs) and
+``slurm`` (each run a Slurm job through submitit; where no Slurm is found, submitit's local
+executor runs the jobs as processes of this machine).
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -27,7 +33,9 @@ from .checkpoint import atomic_write_text
 from .cli import ArgumentParser
 from .errors import UserError
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "ray", "slurm")
+EXTRAS = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}  # backend: (module, pyproject extra)
+ENVIRONMENT = ("LTH_DATA_DIR",)  # what a worker needs from this process's environment
 RUNNABLE = ("imp", "lot", "rise", "ticket-search", "at-init", "train", "control")
 
 
@@ -72,7 +80,6 @@ class SweepRun:
 
     point: dict[str, str]
     argv: list[str]
-    start: Callable[[], Any] = field(repr=False)
     status: str = "pending"
     folder: str = ""
     error: str = ""
@@ -93,6 +100,23 @@ def _results(result: Any) -> tuple[str, dict]:
                              "test_accuracy": last.get("test_accuracy"), "val_accuracy": last.get("val_accuracy")}
 
 
+def execute(argv: Sequence[str], cwd: Optional[str] = None, env: Optional[dict] = None) -> tuple[str, str, dict, str]:
+    """Run one command line ``[COMMAND, flags...]`` in this process (a Ray task or a Slurm job calls
+    this too), from folder ``cwd`` with ``env`` set; return (status, folder, metrics, error), status
+    ``done`` or ``failed`` (bad input or a failed run: the error's one line)."""
+    from .__main__ import make_parser, prepare
+
+    if cwd is not None and os.path.isdir(cwd):  # relative --out/--data-dir mean the sweep's folder
+        os.chdir(cwd)
+    os.environ.update(env or {})
+    try:
+        args = make_parser(_RaisingParser).parse_args(list(argv))
+        folder, metrics = _results(prepare(argv[0], args)())
+        return "done", folder, metrics, ""
+    except UserError as exc:
+        return "failed", "", {}, str(exc)
+
+
 def plan(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = ()) -> list[SweepRun]:
     """Parse and check every point's command line (nothing runs); ``UserError`` naming the first
     bad point otherwise."""
@@ -107,11 +131,10 @@ def plan(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = 
     for point in points(grid):
         argv = point_argv(command, base, point)
         try:
-            args = parser.parse_args(argv)
-            start = prepare(command, args)
+            prepare(command, parser.parse_args(argv))  # checks only: nothing runs yet
         except UserError as exc:
             raise UserError(f"grid point {', '.join(f'{k}={v}' for k, v in point.items())}: {exc}") from None
-        runs.append(SweepRun(point, argv, start))
+        runs.append(SweepRun(point, argv))
     return runs
 
 
@@ -140,29 +163,104 @@ def write_index(runs: Sequence[SweepRun], path: Path) -> None:
 
 
 def run_grid(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = (), *,
-             backend: str = "local", progress: bool = True) -> tuple[list[SweepRun], Path]:
+             backend: str = "local", progress: bool = True, ray_address: Optional[str] = None,
+             cpus_per_run: float = 1, gpus_per_run: float = 0, slurm_partition: Optional[str] = None,
+             timeout_min: int = 240) -> tuple[list[SweepRun], Path]:
     """Run ``command`` at every point of ``grid`` (``{flag name: values}``), with the flags in
     ``base`` common to all; return the runs (status ``done`` or ``failed``) and the index CSV.
 
+    ``backend``: ``local``, ``ray`` (``ray_address``; ``cpus_per_run`` and ``gpus_per_run``, which may
+    be fractional) or ``slurm`` (``slurm_partition``, ``timeout_min`` per job, the same resources).
     Example: ``run_grid("imp", {"lr": [0.01, 0.1], "seed": [0, 1, 2]}, ["--levels", "3"])``."""
     if backend not in BACKENDS:
-        raise UserError(f"unknown --backend {backend!r}; available: {', '.join(BACKENDS)} "
-                        "(Ray and Slurm backends are planned)")
+        raise UserError(f"unknown --backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if not cpus_per_run > 0 or not gpus_per_run >= 0:
+        raise UserError(f"--cpus-per-run must be positive and --gpus-per-run non-negative, got "
+                        f"{cpus_per_run} and {gpus_per_run}")
+    if backend in EXTRAS:
+        module, extra = EXTRAS[backend]
+        try:
+            __import__(module)
+        except ImportError:
+            raise UserError(f"--backend {backend} needs {module}: pip install 'lth-toolkit[{extra}]'") from None
     runs = plan(command, grid, base)
     path = index_path(command, grid, base)
     write_index(runs, path)
     from tqdm import tqdm
 
-    bar = tqdm(runs, desc="sweep", unit="run", disable=not progress or not sys.stderr.isatty())
-    for r in bar:
-        bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in r.point.items()))
-        try:
-            r.folder, r.metrics = _results(r.start())
-            r.status = "done"
-        except UserError as exc:  # this run is reported; the others go on
-            r.status, r.error = "failed", str(exc)
+    bar = tqdm(total=len(runs), desc=f"sweep ({backend})", unit="run",
+               disable=not progress or not sys.stderr.isatty())
+
+    def finished(r: SweepRun, outcome: tuple[str, str, dict, str]) -> None:
+        r.status, r.folder, r.metrics, r.error = outcome
         write_index(runs, path)
+        bar.update()
+
+    if backend == "local":
+        for r in runs:
+            bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in r.point.items()))
+            finished(r, execute(r.argv))
+    elif backend == "ray":
+        _on_ray(runs, finished, ray_address, cpus_per_run, gpus_per_run)
+    else:
+        _on_slurm(runs, finished, path.parent / ".submitit", cpus_per_run, gpus_per_run, slurm_partition,
+                  timeout_min)
+    bar.close()
     return runs, path
+
+
+def _worker_context() -> tuple[str, dict]:
+    return os.getcwd(), {k: os.environ[k] for k in ENVIRONMENT if k in os.environ}
+
+
+def _on_ray(runs: Sequence[SweepRun], finished: Callable, address: Optional[str], cpus: float,
+            gpus: float) -> None:
+    """Every run a Ray task; results are recorded as they come back."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute)
+    cwd, env = _worker_context()
+    pending = {task.remote(r.argv, cwd, env): r for r in runs}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            finished(pending.pop(done[0]), ray.get(done[0]))
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def _on_slurm(runs: Sequence[SweepRun], finished: Callable, folder: Path, cpus: float, gpus: float,
+              partition: Optional[str], timeout_min: int) -> None:
+    """Every run a Slurm job through submitit (its local executor where no Slurm is found)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder)
+    parameters = dict(timeout_min=timeout_min, cpus_per_task=max(1, int(round(cpus))),
+                      gpus_per_node=int(round(gpus)), name="lth-sweep")
+    if partition and executor.cluster == "slurm":
+        parameters["slurm_partition"] = partition
+    executor.update_parameters(**parameters)
+    print(f"sweep: submitit {executor.cluster} executor, jobs in {folder}", file=sys.stderr)
+    cwd, env = _worker_context()
+    jobs = [(executor.submit(execute, r.argv, cwd, env), r) for r in runs]
+    try:
+        while jobs:
+            for job, r in [j for j in jobs if j[0].done()]:
+                jobs.remove((job, r))
+                try:
+                    finished(r, job.result())
+                except Exception as exc:  # the job died (killed, out of memory): report it, go on
+                    first = str(exc).splitlines()[0] if str(exc) else ""
+                    finished(r, ("failed", "", {}, f"the job failed: {type(exc).__name__} {first}".strip()))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for job, _ in jobs:
+            job.cancel(check=False)
+        raise
 
 
 def print_table(runs: Sequence[SweepRun], path: Path) -> None:
@@ -198,7 +296,15 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                         help="a flag and its values (repeat for a grid; the first varies slowest)")
     parser.add_argument("--backend", default="local", choices=BACKENDS,
-                        help="where the runs execute: local = this process, one after another (default)")
+                        help="where the runs execute: local = this process, one after another (default); "
+                             "ray = Ray tasks; slurm = Slurm jobs through submitit (its local executor where "
+                             "no Slurm is found)")
+    parser.add_argument("--ray-address", help="with --backend ray: join this cluster (default: start Ray here)")
+    parser.add_argument("--cpus-per-run", type=float, default=1, help="CPUs of each Ray task or Slurm job (default 1)")
+    parser.add_argument("--gpus-per-run", type=float, default=0,
+                        help="GPUs of each run; Ray accepts fractions (0.25: four small runs per GPU) (default 0)")
+    parser.add_argument("--slurm-partition", help="with --backend slurm: the partition to submit to")
+    parser.add_argument("--timeout-min", type=int, default=240, help="with --backend slurm: minutes per job (default 240)")
     return parser
 
 
@@ -210,7 +316,10 @@ def main(argv: Sequence[str]) -> int:
     progress = "--no-progress" not in base
 
     def body() -> int:
-        runs, path = run_grid(args.command, parse_grid(args.grid), base, backend=args.backend, progress=progress)
+        runs, path = run_grid(args.command, parse_grid(args.grid), base, backend=args.backend, progress=progress,
+                              ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
+                              gpus_per_run=args.gpus_per_run, slurm_partition=args.slurm_partition,
+                              timeout_min=args.timeout_min)
         print_table(runs, path)
         return 1 if any(r.status == "failed" for r in runs) else 0
 
