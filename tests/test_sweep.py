@@ -131,3 +131,11 @@ def test_a_backend_whose_extra_is_missing_names_the_pip_command(tmp_path, monkey
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(UserError, match=r"pip install 'lth-toolkit\[ray\]'"):
         run_grid("imp", {"seed": [0]}, [*TINY, "--out", str(tmp_path)], backend="ray", progress=False)
+
+
+def test_ticket_searches_from_different_first_seeds_keep_separate_indexes(tmp_path, data_dir):
+    runs, _ = run_grid("ticket-search", {"seed": [0, 1]},
+                       [*TINY[:TINY.index("--levels")], "--no-progress", "--stages", "2", "--out", str(tmp_path)],
+                       progress=False)
+    assert [r.status for r in runs] == ["done", "done"]
+    assert runs[0].folder != runs[1].folder  # one index per search, not one overwriting the other

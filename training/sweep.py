@@ -139,14 +139,14 @@ def plan(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = 
 
 
 def index_path(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str]) -> Path:
-    """``OUT/sweep-HASH.csv``: OUT is the runs' ``--out`` (the last one given, else ``runs``; for
-    controls, the run's ``branches/`` folder); HASH covers the command, the base flags and the grid."""
+    """``OUT/sweep-HASH.csv``: OUT is the runs' ``--out`` (for controls, ``RUN/branches``); HASH
+    covers the command, the base flags and the grid."""
+    from .__main__ import make_parser
+
     key = json.dumps([command, list(base), {k: list(map(str, v)) for k, v in grid.items()}])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    outs = [base[i + 1] for i, a in enumerate(base[:-1]) if a == "--out"]
-    folder = Path(outs[-1] if outs else "runs")
-    if command == "control":
-        folder = Path(next((a for a in base if not a.startswith("-")), ".")) / "branches"
+    args = make_parser(_RaisingParser).parse_args(point_argv(command, base, points(grid)[0]))
+    folder = Path(args.run) / "branches" if command == "control" else Path(args.out)
     return folder / f"sweep-{digest}.csv"
 
 

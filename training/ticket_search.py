@@ -37,7 +37,10 @@ def run_ticket_search(config: Config, stages: int = 5, replicates: int = 1, *, o
     base = copy.deepcopy(config)
     base.training.seed = 0
     index = {"algorithm": "ticket-search", "stages": stages, "replicates": runs, "config": config.to_dict()}
-    path = Path(out) / f"ticket-search-{base.hash('ticket-search', f'stages={stages}')}.json"
+    # replicates use seeds seed..seed+N-1: a search from another first seed is another search
+    # (seed 0 adds nothing, so the default search keeps its name)
+    first = (f"seed={config.training.seed}",) if config.training.seed else ()
+    path = Path(out) / f"ticket-search-{base.hash('ticket-search', f'stages={stages}', *first)}.json"
     atomic_write_text(path, dumps(index))
     if progress:
         print(f"{'stage':>5}  {'density':>8}  {'test acc (mean +- std over replicates)':>38}")
