@@ -38,12 +38,22 @@ def test_sweep_runs_are_the_runs_the_command_makes(tmp_path, data_dir):
 
 
 def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, data_dir):
-    runs, index = run_grid("imp", {"model": ["no_such_model", "mnist1d_mlp"]},
-                           [*TINY, "--out", str(tmp_path)], progress=False)
+    runs, index = run_grid("imp", {"lr": ["1e30", "0.05"]}, [*TINY, "--out", str(tmp_path)], progress=False)
     assert [r.status for r in runs] == ["failed", "done"]
-    assert "no_such_model" in runs[0].error
+    assert "loss became" in runs[0].error  # the rate diverges at run time
     table = pd.read_csv(index)
-    assert list(table["status"]) == ["failed", "done"] and "no_such_model" in table["error"][0]
+    assert list(table["status"]) == ["failed", "done"] and "loss became" in table["error"][0]
+
+
+def test_a_crashing_run_is_reported_too(tmp_path, data_dir, monkeypatch):
+    import training.imp
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("something broke\nsecond line")
+
+    monkeypatch.setattr(training.imp, "run_imp", crash)
+    runs, _ = run_grid("imp", {"seed": [0, 1]}, [*TINY, "--out", str(tmp_path)], progress=False)
+    assert [(r.status, r.error) for r in runs] == [("failed", "RuntimeError: something broke")] * 2
 
 
 def test_bad_points_are_refused_before_any_run(tmp_path, data_dir):
@@ -51,6 +61,10 @@ def test_bad_points_are_refused_before_any_run(tmp_path, data_dir):
         run_grid("imp", {"lr": ["0.1", "-1"]}, [*TINY, "--out", str(tmp_path)], progress=False)
     with pytest.raises(UserError, match="grid point levels=x"):
         run_grid("imp", {"levels": ["x"]}, [*TINY, "--out", str(tmp_path)], progress=False)
+    with pytest.raises(UserError, match="grid point model=no_such_model: unknown model"):
+        run_grid("imp", {"model": ["mnist1d_mlp", "no_such_model"]}, [*TINY, "--out", str(tmp_path)], progress=False)
+    with pytest.raises(UserError, match="grid point level=1: .* is not a run folder"):
+        run_grid("control", {"level": ["1"]}, ["reinit", str(tmp_path / "nothere")], progress=False)
     assert not list(tmp_path.glob("imp-*"))
 
 
@@ -84,7 +98,7 @@ def test_cli_prints_a_table_and_exits_by_status(tmp_path, data_dir, capsys):
     assert main(["sweep", "imp", "--grid", "seed=0", *TINY, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "1 of 1 runs done" in out and "sweep-" in out
-    assert main(["sweep", "imp", "--grid", "model=no_such_model", *TINY, "--out", str(tmp_path)]) == 1
+    assert main(["sweep", "imp", "--grid", "lr=1e30", *TINY, "--out", str(tmp_path)]) == 1
     assert main(["sweep", "imp", "--grid", "lr", *TINY]) == 2
     assert capsys.readouterr().err.startswith("error: --grid takes FIELD=V1,V2")
 
@@ -139,3 +153,16 @@ def test_ticket_searches_from_different_first_seeds_keep_separate_indexes(tmp_pa
                        progress=False)
     assert [r.status for r in runs] == ["done", "done"]
     assert runs[0].folder != runs[1].folder  # one index per search, not one overwriting the other
+
+
+def test_points_sharing_a_run_folder_on_ray_run_one_after_the_other(tmp_path, data_dir):
+    pytest.importorskip("ray")
+    import ray
+
+    base = [a for a in TINY if a not in ("--levels", "2")] + ["--out", str(tmp_path)]
+    try:  # --levels is not part of the run's name: both points are one folder, 2 then 3 levels
+        runs, _ = run_grid("imp", {"levels": [2, 3]}, base, backend="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert [r.status for r in runs] == ["done", "done"] and runs[0].folder == runs[1].folder
+    assert {r.metrics["levels"] for r in runs} <= {2, 3} and max(r.metrics["levels"] for r in runs) == 3

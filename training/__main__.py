@@ -12,6 +12,7 @@ import torch
 from .cli import ArgumentParser, run_command, writable_dir
 from .errors import UserError
 from .hparams import build_config
+from .runs import resolve_device
 
 TARTAGLIONE = 'Tartaglione 2022, "The rise of the lottery heroes"'
 HAVINGA = 'Havinga & Sawhney, "An analysis of neural network pruning in relation to the LTH"'
@@ -243,11 +244,12 @@ def prepare(command: str, args: argparse.Namespace) -> Callable[[], Any]:
         if args.threads is not None:
             torch.set_num_threads(args.threads)
 
+    resolve_device(args.device)
     if command == "control":
-        from .controls import run_control
+        from .controls import check_control, run_control
 
-        if Path(args.run).is_dir():  # the branch is written under RUN/branches/
-            writable_dir(args.run, flag="RUN")
+        check_control(args.run, args.name, args.level, args.seed)
+        writable_dir(args.run, flag="RUN")  # the branch is written under RUN/branches/
         return lambda: (threads(), run_control(args.run, args.name, args.level, args.seed, **common))[1]
     if command == "lot":
         if args.iterations < 1:
@@ -265,9 +267,14 @@ def prepare(command: str, args: argparse.Namespace) -> Callable[[], Any]:
         config = build_config(args, sections, args.preset, DEFAULTS)
     else:
         config = build_config(args, sections, args.preset)
+    from .data import DATASETS
     from .loop import check_training
+    from .models import check_model_name
 
     check_training(config.training)
+    check_model_name(config.model.model)
+    if config.dataset.dataset not in DATASETS:
+        raise UserError(f"unknown dataset {config.dataset.dataset!r}; choose one of: {', '.join(DATASETS)}")
     writable_dir(args.out)  # before any work: a run must not be lost to an unwritable --out
     common["out"] = args.out
     if command == "ticket-search":

@@ -84,9 +84,9 @@ def sparse_budget_factor(model_name: str, num_classes: int, input_shape: tuple[i
     return dense / sparse
 
 
-def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[int] = None, *,
-                data_dir: Optional[str] = None, device: str = "auto", progress: bool = True) -> Run:
-    """Train control ``control`` on level ``level`` of the IMP run in ``run_dir``; return the branch run."""
+def check_control(run_dir: str | Path, control: str, level: int, seed: Optional[int] = None) -> dict:
+    """Check that ``control`` can run on level ``level`` of the IMP run in ``run_dir`` (nothing is
+    written); return the run's ``config.json``. ``UserError`` (one line) otherwise."""
     if control not in CONTROLS:
         raise UserError(f"unknown control {control!r}; choose one of: {', '.join(CONTROLS)}")
     run_dir = Path(run_dir)
@@ -98,6 +98,15 @@ def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[in
     mask_path = run_dir / f"level_{level}" / "mask.pt"
     if not mask_path.exists() or not (run_dir / "level_0" / "rewind.pt").exists():
         raise UserError(f"{run_dir} has no finished level {level} (missing {mask_path.name} or level_0/rewind.pt)")
+    return saved
+
+
+def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[int] = None, *,
+                data_dir: Optional[str] = None, device: str = "auto", progress: bool = True) -> Run:
+    """Train control ``control`` on level ``level`` of the IMP run in ``run_dir``; return the branch run."""
+    saved = check_control(run_dir, control, level, seed)
+    run_dir = Path(run_dir)
+    mask_path = run_dir / f"level_{level}" / "mask.pt"
     config = Config.from_dict(saved["config"])
     seed = config.training.seed + 1 if seed is None else seed
     mask = load_mask(mask_path)

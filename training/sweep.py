@@ -115,6 +115,9 @@ def execute(argv: Sequence[str], cwd: Optional[str] = None, env: Optional[dict] 
         return "done", folder, metrics, ""
     except UserError as exc:
         return "failed", "", {}, str(exc)
+    except Exception as exc:  # a crash of one run (a bug, a damaged file) must not end the sweep
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return "failed", "", {}, f"{type(exc).__name__}: {first}".rstrip(": ")
 
 
 def plan(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = ()) -> list[SweepRun]:
@@ -200,11 +203,20 @@ def run_grid(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str
         for r in runs:
             bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in r.point.items()))
             finished(r, execute(r.argv))
-    elif backend == "ray":
-        _on_ray(runs, finished, ray_address, cpus_per_run, gpus_per_run)
     else:
-        _on_slurm(runs, finished, path.parent / ".submitit", cpus_per_run, gpus_per_run, slurm_partition,
-                  timeout_min)
+        # a worker's thread count changes its results: give it the CPUs it was granted
+        argvs = {id(r): r.argv if "--threads" in r.argv else [*r.argv, "--threads", str(max(1, int(cpus_per_run)))]
+                 for r in runs}
+        if backend == "ray":
+            _on_ray(runs, argvs, finished, ray_address, cpus_per_run, gpus_per_run)
+        else:
+            _on_slurm(runs, argvs, finished, path.parent / ".submitit", cpus_per_run, gpus_per_run,
+                      slurm_partition, timeout_min)
+        # points that share a run folder (e.g. only --levels differs) meet its lock when run at once:
+        # run those again, one after another, now that the others are done (each resumes the folder)
+        for r in [r for r in runs if r.status == "failed" and "in use by another process" in r.error]:
+            bar.update(-1)
+            finished(r, execute(argvs[id(r)]))
     bar.close()
     return runs, path
 
@@ -213,30 +225,45 @@ def _worker_context() -> tuple[str, dict]:
     return os.getcwd(), {k: os.environ[k] for k in ENVIRONMENT if k in os.environ}
 
 
-def _on_ray(runs: Sequence[SweepRun], finished: Callable, address: Optional[str], cpus: float,
+def _on_ray(runs: Sequence[SweepRun], argvs: dict, finished: Callable, address: Optional[str], cpus: float,
             gpus: float) -> None:
     """Every run a Ray task; results are recorded as they come back."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    have = ray.cluster_resources()
+    for name, asked, flag in (("CPU", cpus, "--cpus-per-run"), ("GPU", gpus, "--gpus-per-run")):
+        if asked > have.get(name, 0):  # Ray would wait for such a node forever
+            raise UserError(f"{flag} {asked:g} is more than the Ray cluster has ({have.get(name, 0):g} {name}s)")
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute)
     cwd, env = _worker_context()
-    pending = {task.remote(r.argv, cwd, env): r for r in runs}
+    pending = {task.remote(argvs[id(r)], cwd, env): r for r in runs}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            finished(pending.pop(done[0]), ray.get(done[0]))
+            r = pending.pop(done[0])
+            try:
+                outcome = ray.get(done[0])
+            except Exception as exc:  # the worker died: report it, go on
+                outcome = ("failed", "", {}, f"the Ray task failed: {type(exc).__name__}")
+            finished(r, outcome)
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
 
 
-def _on_slurm(runs: Sequence[SweepRun], finished: Callable, folder: Path, cpus: float, gpus: float,
-              partition: Optional[str], timeout_min: int) -> None:
+def _on_slurm(runs: Sequence[SweepRun], argvs: dict, finished: Callable, folder: Path, cpus: float,
+              gpus: float, partition: Optional[str], timeout_min: int) -> None:
     """Every run a Slurm job through submitit (its local executor where no Slurm is found)."""
     import submitit
+
+    if gpus != int(gpus) or cpus != int(cpus):
+        raise UserError(f"--backend slurm takes whole CPUs and GPUs per run, got --cpus-per-run {cpus:g} and "
+                        f"--gpus-per-run {gpus:g} (Ray accepts fractions)")
+    if timeout_min < 1:
+        raise UserError(f"--timeout-min must be at least 1, got {timeout_min}")
 
     executor = submitit.AutoExecutor(folder=folder)
     parameters = dict(timeout_min=timeout_min, cpus_per_task=max(1, int(round(cpus))),
@@ -246,7 +273,7 @@ def _on_slurm(runs: Sequence[SweepRun], finished: Callable, folder: Path, cpus: 
     executor.update_parameters(**parameters)
     print(f"sweep: submitit {executor.cluster} executor, jobs in {folder}", file=sys.stderr)
     cwd, env = _worker_context()
-    jobs = [(executor.submit(execute, r.argv, cwd, env), r) for r in runs]
+    jobs = [(executor.submit(execute, argvs[id(r)], cwd, env), r) for r in runs]
     try:
         while jobs:
             for job, r in [j for j in jobs if j[0].done()]:
