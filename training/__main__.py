@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .cli import ArgumentParser, run_command, writable_dir
+from .cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
 from .errors import UserError
 from .hparams import build_config
 from .runs import resolve_device
@@ -64,7 +64,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--out", default="runs", help="folder that holds run folders (default: runs)")
     run.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_threads_flag(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
 
 
@@ -168,7 +168,7 @@ def make_parser(parser_class: type = ArgumentParser) -> argparse.ArgumentParser:
     control.add_argument("--seed", type=int, help="seed of the control's randomness (default: run seed + 1)")
     control.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
     control.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    control.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_threads_flag(control)
     control.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
 
     sub.add_parser("list", help="list models, datasets and presets",
@@ -236,13 +236,11 @@ def prepare(command: str, args: argparse.Namespace) -> Callable[[], Any]:
     returns what the run function returns (a ``Run``, or a ticket search's index)."""
     if command == "list":
         return _list
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    check_threads(args.threads)
     common = dict(data_dir=args.data_dir, device=args.device, progress=not args.no_progress)
 
     def threads() -> None:
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
+        set_threads(args.threads)
 
     resolve_device(args.device)
     if command == "control":

@@ -85,3 +85,26 @@ def writable_dir(path: Union[str, Path], flag: str = "--out") -> Path:
     except OSError as exc:
         raise UserError(f"{flag} {folder} is not writable: {exc.strerror or exc}") from None
     return folder
+
+
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: CPU threads for torch. It changes results (the order of floating-point
+    sums), so commands record it in their outputs' provenance."""
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); "
+                        "results can differ with the thread count")
+
+
+def check_threads(threads: Optional[int]) -> None:
+    """``UserError`` unless ``threads`` is None (torch's choice) or at least 1."""
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+
+
+def set_threads(threads: Optional[int]) -> int:
+    """Give torch ``threads`` CPU threads (None: leave torch's choice); return the count in use."""
+    import torch
+
+    check_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
