@@ -29,10 +29,11 @@ from torch import nn
 
 from training.branches import branch_root, train_branch
 from training.checkpoint import atomic_write_text, load, read_checkpoint
-from training.cli import ArgumentParser, run_command, writable_dir
+from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
 from training.data import Dataset, Split, eval_batches
 from training.errors import UserError
 from training.loop import evaluate
+from training.provenance import provenance
 from training.runs import resolve_device
 
 from .figure_io import checkpoint_label, line_style, pyplot, run_name, save_png, unique_labels
@@ -206,12 +207,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
     p.add_argument("--out", default="connectivity-out", help="output folder (default connectivity-out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars while --instability trains")
+    add_threads_flag(p)
     args = p.parse_args(argv)
     hint = "interrupted: run the same command again to resume its training branches" if args.instability else None
     return run_command(lambda: _main(args), hint or "interrupted")
 
 
 def _main(args: argparse.Namespace) -> None:
+    check_threads(args.threads)
     if args.points < 2:
         raise UserError(f"--points must be at least 2 (the endpoints), got {args.points}")
     if args.train_samples is not None and args.train_samples < 1:
@@ -236,6 +239,7 @@ def _main(args: argparse.Namespace) -> None:
     json_path, png_path = out / "connectivity.json", out / "connectivity.png"
     for stale in (json_path, png_path):  # an earlier call's results must not pass for this call's
         stale.unlink(missing_ok=True)
+    threads = set_threads(args.threads)  # also the threads of the --instability copies' training
     start = time.perf_counter()
     if args.instability:
         results = [instability(c, seeds, args.points, args.recompute_bn, args.device, args.data_dir,
@@ -252,7 +256,8 @@ def _main(args: argparse.Namespace) -> None:
               f"{100 * r['train_barrier']:.2f}% ({args.points} points)")
     print(f"batch-norm statistics {'recomputed at every point' if args.recompute_bn else 'interpolated, not recomputed'}"
           f"; {time.perf_counter() - start:.1f} s")
-    atomic_write_text(json_path, json.dumps({"results": results}, indent=1) + "\n")
+    record = {"results": results, "provenance": {**provenance(), "threads": threads}}
+    atomic_write_text(json_path, json.dumps(record, indent=1) + "\n")
     _plot(results, png_path, args.instability)
     print(f"wrote {json_path} and {png_path}")
 

@@ -33,11 +33,12 @@ from training.checkpoint import (
     model_from_checkpoint,
     read_checkpoint,
 )
-from training.cli import ArgumentParser, run_command, writable_dir
+from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
 from training.data import Dataset, Split, check_dataset_name, load_dataset
 from training.errors import UserError
 from training.hparams import DatasetHparams
 from training.masks import apply_mask
+from training.provenance import provenance
 from training.runs import resolve_device
 from training.seeding import generator
 
@@ -379,6 +380,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"folder for {JSON_NAME} and {DENSITY_NAME}; files of an earlier call that this call "
                         f"does not write are removed (default hessian-out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_flag(p)
     return p
 
 
@@ -388,6 +390,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
+    check_threads(args.threads)
     chosen = args.top_k is not None or args.trace or args.density
     settings = Settings(
         top_k=(args.top_k if args.top_k is not None else (0 if chosen else Settings.top_k)),
@@ -400,6 +403,7 @@ def _run(args: argparse.Namespace) -> None:
     for path in args.checkpoints:  # every checkpoint checked before the first computation
         _load(Path(path), settings, args.dataset)
     tune_allocator()
+    threads = set_threads(args.threads)
     results = []
     for path in args.checkpoints:
         r = analyze(path, settings, args.data_dir, args.dataset, progress=not args.no_progress)
@@ -407,7 +411,8 @@ def _run(args: argparse.Namespace) -> None:
             r["pyhessian"] = pyhessian_crosscheck(path, settings, args.data_dir, args.dataset)
         results.append(r)
         _print_summary(r)
-    atomic_write_text(out / JSON_NAME, json.dumps({"results": results}, indent=1) + "\n")
+    record = {"results": results, "provenance": {**provenance(), "threads": threads}}
+    atomic_write_text(out / JSON_NAME, json.dumps(record, indent=1) + "\n")
     written = [out / JSON_NAME]
     if settings.density:
         plot_densities(results, out / DENSITY_NAME)

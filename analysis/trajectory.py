@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from training.checkpoint import atomic_write_text, load, read_checkpoint
-from training.cli import ArgumentParser, run_command, writable_dir
+from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
 from training.errors import UserError
 from training.masks import PRUNABLE_TYPES
+from training.provenance import provenance
 from training.runs import resolve_device
 from training.seeding import generator
 
@@ -237,7 +238,8 @@ reads:   the checkpoints given (each brings its model and its dataset: MNIST-1D 
 prints:  one line per checkpoint: its label (run, level, kind, density), the length +- its spread,
          how much it changes when the points per arc double (small = --points is enough), and
          TL_gain = (TL - TL_first) / TL_first x 100 against the first checkpoint given (same dataset)
-writes:  --out/trajectory.json (every number printed, and the length of every arc) and
+writes:  --out/trajectory.json (every number printed, the length of every arc, and the
+         software and --threads count that computed them) and
          --out/trajectory.png (length against weights remaining in %, one line per run, each point
          marked with its level). Files an earlier call left there are removed first.
 """
@@ -261,6 +263,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed that picks the pairs (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
+    add_threads_flag(p)
     p.add_argument("--out", default="trajectory-out",
                    help="folder for trajectory.json and trajectory.png (default: trajectory-out)")
     return p
@@ -271,11 +274,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
 
     def body() -> None:
+        check_threads(args.threads)
         check_options(args.pairs, args.points)
         resolve_device(args.device)
         described = [describe(path) for path in args.checkpoints]
         out = writable_dir(args.out)
         remove_outputs(out, OUTPUTS)
+        threads = set_threads(args.threads)
         results = analyze(args.checkpoints, args.pairs, args.points, args.seed, args.layers, args.device,
                           args.data_dir, described=described)
         first = results[0]["label"]
@@ -291,7 +296,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{r['label']} ({r['checkpoint']}): trajectory length {r['mean']:.4g} +- {r['std']:.2g} "
                   f"over {r['pairs']} arcs (changes {100 * r['relative_change_when_points_double']:.3f}% "
                   f"when points double){extra}")
-        atomic_write_text(out / "trajectory.json", json.dumps({"results": results}, indent=1) + "\n")
+        record = {"results": results, "provenance": {**provenance(), "threads": threads}}
+        atomic_write_text(out / "trajectory.json", json.dumps(record, indent=1) + "\n")
         _plot(results, out / "trajectory.png")
         print(f"wrote {out / 'trajectory.json'} and {out / 'trajectory.png'}")
 

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .cli import ArgumentParser, run_command, writable_dir
+from .cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
 from .subset_sum import MAX_ENUMERATION, InputError
 
 MAX_N = 10_000  # values per Lueker trial (the covers kernel's public limit)
@@ -55,6 +55,7 @@ def make_parser() -> argparse.ArgumentParser:
                        help="folder for COMMAND.json and COMMAND.png, replaced on each call (default: theory-out)")
         p.add_argument("--seed", type=int, default=0, help=f"random seed, 0 to {MAX_SEED} (default: 0)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_threads_flag(p)
 
     p = sub.add_parser("lueker", help="Lueker's theorem: failure probability, n needed, worst case",
                        description="Monte-Carlo check of Theorem 2.4 of Lueker, \"Exponentially small bounds on the "
@@ -189,6 +190,7 @@ def load_weights(path: str) -> list[np.ndarray]:
 def check_args(args: argparse.Namespace) -> Optional[list[np.ndarray]]:
     """Check every numeric option of ``args`` (deduplicating lists in place); return the target
     weights of ``network --weights`` (None otherwise). Raises ``InputError`` naming the flag."""
+    check_threads(getattr(args, "threads", None))
     _int_in("--seed", args.seed, 0, MAX_SEED)
     if args.command == "lueker":
         args.ns = _ints_in("--ns", args.ns, 1, MAX_N)
@@ -239,25 +241,30 @@ def check_args(args: argparse.Namespace) -> Optional[list[np.ndarray]]:
 
 def _run(args: argparse.Namespace) -> None:
     weights = check_args(args)
+    threads = set_threads(args.threads)  # a count above numba's pool is refused here, before any work
     out = writable_dir(args.out)
     progress = not args.no_progress
     from . import experiments  # matplotlib and the kernels: only once the input is known to be good
 
+    provenance = experiments.provenance_record(threads)
+
     if args.command == "lueker":
-        r = experiments.run_lueker(out, args.ns, args.eps, args.trials, args.n_max, args.worst_ns, args.seed, progress)
+        r = experiments.run_lueker(out, args.ns, args.eps, args.trials, args.n_max, args.worst_ns, args.seed, progress,
+                                    provenance=provenance)
         print(f"smallest C consistent with the failure rates: {r['smallest_C']['from_ci_low']:.3f} "
               f"(lower 95% limits), {r['smallest_C']['from_point_estimate']:.3f} (point estimates)")
         print(f"{'eps':>8} {'ln(1/eps)':>9} {'n 50%':>6} {'n 99%':>6}   (None: above --n-max {args.n_max})")
         for row in r["n_needed"]:
             print(f"{row['eps']:>8g} {row['log_inv_eps']:>9.2f} {str(row['n_50']):>6} {str(row['n_99']):>6}")
     elif args.command == "diamond":
-        r = experiments.run_diamond(out, args.ns, args.trials, seed=args.seed, progress=progress)
+        r = experiments.run_diamond(out, args.ns, args.trials, seed=args.seed, progress=progress,
+                                    provenance=provenance)
         print(f"{'eps':>8} {'single':>7} {'relu':>6}   (units for median error <= eps)")
         for row in r["units_needed_median"]:
             print(f"{row['eps']:>8g} {str(row['single']):>7} {str(row['relu']):>6}")
     else:
         r = experiments.run_network(out, weights, args.widths, args.n, args.eps, args.sweep, args.samples,
-                                    args.seed, progress)
+                                    args.seed, progress, provenance=provenance)
         s = r["result"]
         print(f"target {r['settings']['widths']}: {s['target_parameters']:,} weights, n = {s['n']} units each")
         print(f"within eps = {s['eps']:g}: {100 * s['fraction_within_eps']:.2f}% of weights "

@@ -96,3 +96,39 @@ def writable_dir(path: Union[str, Path], flag: str = "--out") -> Path:
     except OSError as exc:
         raise InputError(f"{flag} {folder} is not writable: {exc.strerror or exc}") from None
     return folder
+
+
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: the threads numba runs its parallel kernels on (the subset-sum solver,
+    Lueker's trials, the per-weight solves of ``network``), as ``training``'s flag of the same name
+    does for torch. Each kernel's iterations are independent, so results do not depend on it; the
+    count is recorded in each command's JSON all the same."""
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads for numba's parallel kernels (default: numba's choice, all cores or "
+                             "$NUMBA_NUM_THREADS); results do not depend on it, only the time")
+
+
+def check_threads(threads: Optional[int]) -> None:
+    """``InputError`` unless ``threads`` is None (numba's choice) or at least 1."""
+    from .subset_sum import InputError
+
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+
+
+def set_threads(threads: Optional[int]) -> int:
+    """Give numba's parallel kernels ``threads`` threads (None: leave numba's choice); return the
+    count in use. ``InputError`` when ``threads`` is below 1 or above numba's pool
+    (``NUMBA_NUM_THREADS``, fixed when numba starts)."""
+    import numba
+
+    from .subset_sum import InputError
+
+    check_threads(threads)
+    if threads is not None:
+        most = numba.config.NUMBA_NUM_THREADS
+        if threads > most:
+            raise InputError(f"--threads must be from 1 to {most} here (numba's pool, NUMBA_NUM_THREADS), "
+                             f"got {threads}")
+        numba.set_num_threads(threads)
+    return numba.get_num_threads()

@@ -12,7 +12,8 @@
   chosen n reporting entry errors, kept-to-target ratio and time.
 
 Each writes ``NAME.json`` and ``NAME.png`` together (``write_outputs``); JSON is strict: a
-non-finite number is written as null.
+non-finite number is written as null. Each JSON's ``provenance`` names the numba, numpy and Python
+versions and the numba threads used (``provenance_record``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import lueker, strong_lth
+
+
+def provenance_record(threads: Optional[int] = None) -> dict:
+    """What computed a result: versions of numba, numpy and Python, and ``threads``, the numba
+    threads the kernels ran on (numba's current count when None)."""
+    import platform
+
+    import numba
+
+    return {"numba": numba.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "threads": numba.get_num_threads() if threads is None else int(threads)}
 
 
 def _figure():
@@ -84,7 +96,8 @@ def write_outputs(out: Path, name: str, fig, data: dict) -> tuple[Path, Path]:
 
 
 def run_lueker(out: Path, ns: Sequence[int], epss: Sequence[float], trials: int = 200, n_max: int = 48,
-               worst_ns: Sequence[int] = (4, 8, 12, 16), seed: int = 0, progress: bool = True) -> dict:
+               worst_ns: Sequence[int] = (4, 8, 12, 16), seed: int = 0, progress: bool = True,
+               provenance: Optional[dict] = None) -> dict:
     """Lueker's Theorem 2.4 by simulation; writes ``lueker.json`` and ``lueker.png`` in ``out``.
 
     Returns the JSON's dict: failure rates per (n, eps) with Wilson intervals, the smallest
@@ -135,6 +148,7 @@ def run_lueker(out: Path, ns: Sequence[int], epss: Sequence[float], trials: int 
                 ylabel="eps*(n) (distance on the real line)",
                 title=f"exact worst-case error on [-1/2, 1/2]\n{trials} trials per n")
     fig.tight_layout()
+    result["provenance"] = provenance or provenance_record()
     write_outputs(out, "lueker", fig, result)
     plt.close(fig)
     return result
@@ -148,7 +162,8 @@ STYLE = {"single": ("tab:blue", "s", "single product (Malach et al.)"),
 
 def run_diamond(out: Path, ns: Sequence[int], trials: int = 200, epss: Sequence[float] = (0.1, 0.03, 0.01, 0.003, 0.001),
                 seed: int = 0, progress: bool = True,
-                single_ns: Sequence[int] = tuple(2 ** k for k in range(6, 13))) -> dict:
+                single_ns: Sequence[int] = tuple(2 ** k for k in range(6, 13)),
+                provenance: Optional[dict] = None) -> dict:
     """One target weight approximated by the three constructions; writes ``diamond.json`` and
     ``diamond.png`` in ``out``.
 
@@ -182,6 +197,7 @@ def run_diamond(out: Path, ns: Sequence[int], trials: int = 200, epss: Sequence[
                 title="units needed: log(1/eps) vs poly(1/eps)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
+    result["provenance"] = provenance or provenance_record()
     write_outputs(out, "diamond", fig, result)
     plt.close(fig)
     return result
@@ -189,7 +205,7 @@ def run_diamond(out: Path, ns: Sequence[int], trials: int = 200, epss: Sequence[
 
 def run_network(out: Path, weights: Optional[list[np.ndarray]], widths: Sequence[int], n: int, eps: float,
                 sweep: Sequence[int] = (2, 4, 8, 12, 16, 20, 24), samples: int = 1000, seed: int = 0,
-                progress: bool = True) -> dict:
+                progress: bool = True, provenance: Optional[dict] = None) -> dict:
     """A target MLP approximated by pruning a random ReLU-diamond network; writes ``network.json``
     and ``network.png`` in ``out``.
 
@@ -258,6 +274,7 @@ def run_network(out: Path, weights: Optional[list[np.ndarray]], widths: Sequence
                 title=f"network {result['settings']['widths']}, {samples} inputs")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
+    result["provenance"] = provenance or provenance_record()
     write_outputs(out, "network", fig, result)
     plt.close(fig)
     return result
