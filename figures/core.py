@@ -63,6 +63,7 @@ class Result:
     rows: list[dict]
     caption: Caption
     extra: dict = field(default_factory=dict)
+    table: str = ""  # a Markdown table shown under the caption (e.g. a paper's table, recomputed)
 
 
 @dataclass
@@ -113,13 +114,22 @@ class Context:
                 raise FigureError(f"the run `{' '.join(r.argv)}` failed: {r.error}")
         folders = [Path(r.folder) for r in runs]
         for folder in folders:
-            config = folder / "config.json"
-            self.used[str(folder)] = json.loads(config.read_text()) if config.is_file() else None
+            self.used[str(folder)] = _config_of(folder)
         return folders
 
     def run(self, command: str, base: Sequence[str] = ()) -> Path:
         """One run (``sweep`` of a single point); its folder."""
         return self.sweep(command, {}, base)[0]
+
+
+def _config_of(folder: Path) -> Optional[dict]:
+    """A run's ``config.json``, or a ticket search index's ``config``."""
+    try:
+        if folder.is_file():
+            return json.loads(folder.read_text()).get("config")
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -218,7 +228,10 @@ def write_outputs(figure: Figure, result: Result, ctx: Context, out: Path, secon
         "backend": ctx.backend, "threads": ctx.threads, "device": ctx.device,
         "provenance": provenance(), "runs": ctx.used, **result.extra,
     }
+    if result.table:
+        record["table"] = result.table
     atomic_write_text(stem.with_suffix(".json"), json.dumps(_json_safe(record), indent=1, allow_nan=False) + "\n")
     atomic_write_text(stem.with_suffix(".md"), f"# {figure.title}\n\n*{figure.reproduces}*\n\n"
-                      f"![{figure.name}]({figure.name}.png)\n\n{result.caption.markdown()}\n")
+                      f"![{figure.name}]({figure.name}.png)\n\n{result.caption.markdown()}\n"
+                      + (f"\n{result.table}\n" if result.table else ""))
     return record

@@ -46,6 +46,8 @@ def write_gallery(out: Path, order: list[str]) -> tuple[Path, Path]:
                f"**Verdict:** {caption['verdict']}.", ""]
         if caption.get("setup"):
             md += [f"**Setup.** {caption['setup']}", ""]
+        if r.get("table"):
+            md += [r["table"], ""]
         cards.append(
             f'<div class="card"><h2>{html.escape(r["title"])}</h2>'
             f'<p class="src"><i>{html.escape(r["reproduces"])}</i> &mdash; <code>python -m figures '
@@ -54,6 +56,7 @@ def write_gallery(out: Path, order: list[str]) -> tuple[Path, Path]:
             f'<p><b>Paper.</b> {_md_inline(caption["claim"])}</p><p><b>Here.</b> {_md_inline(caption["ours"])}</p>'
             f'<p class="verdict"><b>Verdict:</b> {html.escape(caption["verdict"])}.</p>'
             + (f'<p class="setup"><b>Setup.</b> {_md_inline(caption["setup"])}</p>' if caption.get("setup") else "")
+            + (f'<pre>{html.escape(r["table"].strip("`").strip())}</pre>' if r.get("table") else "")
             + f'<p class="files"><a href="{name}.pdf">PDF</a> · <a href="{name}.csv">data (CSV)</a> · '
               f'<a href="{name}.json">provenance (JSON)</a></p></div>')
     page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>lth-toolkit gallery</title><style>"
@@ -61,7 +64,7 @@ def write_gallery(out: Path, order: list[str]) -> tuple[Path, Path]:
             ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:1.2em}"
             ".card{border:1px solid #ddd;border-radius:6px;padding:0.8em;font-size:0.9em}"
             ".card img{width:100%;height:auto}.card h2{font-size:1.05em;margin:0 0 0.3em}"
-            ".src{color:#555}.verdict{font-size:1.05em}</style></head><body>"
+            ".src{color:#555}pre{font-size:0.75em;overflow-x:auto}.verdict{font-size:1.05em}</style></head><body>"
             f"<h1>Gallery</h1><p>{_md_inline(head.replace('`', ''))}</p><div class=\"grid\">"
             + "".join(cards) + "</div></body></html>\n")
     md_path, html_path = out / "index.md", out / "index.html"
