@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, writable_dir
+from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
 from training.errors import UserError
 
 from .core import SCALE_HELP, SCALES, Context, Figure, FigureError, write_outputs
@@ -114,6 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs = writable_dir(args.runs, flag="--runs")
         if args.scale == "paper":
             check_paper_data(chosen, args.data_dir)
+        set_threads(args.threads)  # for the analyses figures run in this process
         order = [known_f.name for known_f in known.values()]
         done: list[tuple[Figure, str, float]] = []
         failed: list[tuple[Figure, str]] = []
