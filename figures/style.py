@@ -10,6 +10,8 @@ COLORS = {
     "reinit": "C3", "random": "C7", "random-prune": "C7", "one-shot": "C1", "iterative": "C0",
     "scratch-e": "C4", "scratch-b": "C5", "fine-tune": "C2", "snip": "C1", "synflow": "C2",
     "magnitude": "C4", "bound": "0.3",
+    # strong-LTH constructions (theory figures)
+    "single-product": "C3", "linear-diamond": "C2", "relu-diamond": "C0",
 }
 
 RC = {
@@ -57,7 +59,7 @@ def chance_line(ax, classes: int = 10) -> None:
 
 def legend(ax, **kwargs) -> None:
     """The legend, small and out of the data's way."""
-    ax.legend(fontsize=RC["legend.fontsize"], frameon=False, **kwargs)
+    ax.legend(**{"fontsize": RC["legend.fontsize"], "frameon": False, **kwargs})
 
 
 def title(fig, text: str) -> None:
