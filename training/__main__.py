@@ -25,8 +25,11 @@ examples:
   python -m training imp --keep 10 --levels 2             # one-shot: train, keep 10%, train the ticket (= lot -R 10 -I 1)
   python -m training imp --preset resnet32_cifar10 --data-dir ~/datasets --device cuda
   python -m training imp --score lamp --fraction 0.16     # LAMP pruning ({SAHU})
+  python -m training imp --target-density 0.2 --levels 2 --finetune 10   # prune once, fine-tune 10 epochs (Liu et al.)
 
 --levels counts trained networks (level 0 is dense), so --levels L prunes L - 1 times.
+--finetune E: each pruned level continues the previous level's trained weights for E epochs at
+--finetune-lr (default: the schedule's last rate) instead of rewinding (Han et al.; Liu et al.).
 Run the same command again to resume a killed run; add levels by raising --levels.
 """
 
@@ -160,6 +163,9 @@ def make_parser(parser_class: type = ArgumentParser) -> argparse.ArgumentParser:
                                          "network pruning\"; Zhou et al., \"Deconstructing lottery tickets\"); "
                                          "the branch lives in RUN/branches/."),
                              epilog="controls: reinit, scratch-e, scratch-b, random-prune, reshuffle, signed-constant\n"
+                                    "A fine-tuned run (imp --finetune) is a parent like any other: every control trains\n"
+                                    "from iteration 0 with the run's original schedule and length (Scratch-E/B), not the\n"
+                                    "fine-tuning's.\n"
                                     "example:\n  python -m training control reinit runs/imp-f6ec9936304d --level 4",
                              formatter_class=raw)
     control.add_argument("name", help="which control (see below)")
@@ -271,6 +277,12 @@ def prepare(command: str, args: argparse.Namespace) -> Callable[[], Any]:
 
     check_training(config.training)
     check_model_name(config.model.model)
+    if command in ("imp", "lot"):
+        from .imp import check_finetune
+
+        check_finetune(config, args.levels)
+    elif config.pruning is not None and (config.pruning.finetune or config.pruning.finetune_lr is not None):
+        raise UserError(f"--finetune and --finetune-lr apply to imp and lot only, not {command}")
     if config.dataset.dataset not in DATASETS:
         raise UserError(f"unknown dataset {config.dataset.dataset!r}; choose one of: {', '.join(DATASETS)}")
     writable_dir(args.out)  # before any work: a run must not be lost to an unwritable --out

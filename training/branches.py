@@ -21,6 +21,7 @@ starting values, bit for bit.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -130,7 +131,8 @@ def train_branch(checkpoint: str | Path, name: str, seed: Optional[int] = None, 
     branch's final checkpoint, ``RUN/branches/NAME-HASH/level_0/final.pt``.
 
     By default the branch starts from the checkpoint's weights, mask and iteration, with its
-    run's data-order seed. ``seed`` replaces the data-order (and augmentation) seed; the model
+    run's data-order seed; from a fine-tuned level's ``rewind.pt`` (``imp --finetune``) it trains
+    with that level's fine-tuning length and rate. ``seed`` replaces the data-order (and augmentation) seed; the model
     seed recorded in the branch stays the checkpoint's. ``mask`` and ``weights`` (a full state
     dict) replace the checkpoint's, ``start`` its iteration. ``frozen`` keeps the weights outside
     the mask at their starting values instead of zero; by default it follows the checkpoint's
@@ -141,6 +143,10 @@ def train_branch(checkpoint: str | Path, name: str, seed: Optional[int] = None, 
     run_dir, ckpt = source_run(checkpoint)
     branch_root(checkpoint)
     config = Config.from_dict(ckpt["meta"]["config"])
+    finetune = ckpt["meta"].get("finetune")
+    if finetune is not None:  # the start of a fine-tuned level (imp --finetune): the branch continues the fine-tuning
+        config.training = dataclasses.replace(config.training, train_for=f"{int(finetune['epochs'])}ep",
+                                              schedule="constant", milestones="", warmup="0", lr=float(finetune["lr"]))
     if seed is not None:
         config.training.seed = int(seed)
     frozen = (not masked_weights_are_zero(ckpt)) if frozen is None else bool(frozen)

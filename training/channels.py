@@ -11,9 +11,11 @@ and training, checkpoints and analysis need nothing new.
   scales (``--bn-l1``), then remove the channels with the smallest |gamma|, ranked across all
   layers.
 
-Supported: the plain conv stacks (mnist1d_cnn, lenet5, conv2/4/6, vgg16/19: each convolution's
-channels feed the next one, the last one's feed the classifier) and the residual networks (the
-first convolution of every block, whose channels only feed the block's second convolution).
+Supported by ``l1-filter``: the plain conv stacks (mnist1d_cnn, mnist1d_cnn_bn, lenet5, conv2/4/6,
+vgg16/19: each convolution's channels feed the next one, the last one's feed the classifier) and
+the residual networks (resnet20/32/56, resnet18, resnet18_imagenet: the first convolution of every
+block, whose channels only feed the block's second convolution). ``slimming`` needs a batch norm
+right after every pruned convolution: mnist1d_cnn_bn, vgg16/19 and the residual networks.
 """
 from __future__ import annotations
 
@@ -62,7 +64,8 @@ def channel_pairs(model: nn.Module) -> list[ChannelPair]:
     blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, (BlockA, BlockB))]
     if blocks:
         return [ChannelPair(f"{n}.conv1.weight", f"{n}.conv2.weight", 1, f"{n}.bn1.weight") for n, _ in blocks]
-    raise UserError(f"structured pruning supports the conv stacks (mnist1d_cnn, lenet5, conv2/4/6, vgg16/19) and "
+    raise UserError(f"structured pruning supports the conv stacks (mnist1d_cnn, mnist1d_cnn_bn, lenet5, conv2/4/6, "
+                    f"vgg16/19) and "
                     f"the ResNets, not {type(model).__name__}")
 
 
@@ -81,7 +84,7 @@ def channel_scores(model: nn.Module, mask: Mask, method: str) -> list[torch.Tens
         elif method == "slimming":
             if pair.norm is None:
                 raise UserError("network slimming needs a batch norm after every pruned convolution; "
-                                "use vgg16/vgg19 or a ResNet, or --score l1-filter")
+                                "use mnist1d_cnn_bn, vgg16/vgg19 or a ResNet, or --score l1-filter")
             scores.append(params[pair.norm].detach().abs().cpu())
         else:
             raise UserError(f"unknown structured score {method!r}; choose l1-filter or slimming")

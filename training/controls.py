@@ -15,6 +15,14 @@ run's own hyperparameters in ``RUN/branches/CONTROL-HASH/`` (a training branch, 
                       run's rewind point W^k.
 - ``reshuffle``       same mask; the surviving values of W^k are permuted within each layer.
 - ``signed-constant`` same mask; each kept weight becomes sign(w) * std(layer) of W^k (Zhou et al.).
+
+A fine-tuned parent (``imp --finetune E``, Liu et al.'s pruned-and-fine-tuned model) is accepted
+like any IMP run: every control trains with the run's original (level-0) schedule and length, not
+the E epochs of fine-tuning, so ``reinit``/``scratch-e`` are Liu et al.'s Scratch-E of level L's
+architecture and ``scratch-b`` its Scratch-B. Such a run has k = 0, so W^k is W^0: ``random-prune``,
+``reshuffle`` and ``signed-constant`` also train from iteration 0 of the original schedule, from W^0
+under a random mask with the level's layer counts, from W^0's kept values permuted, or from W^0's
+signed constants. None of the controls fine-tunes.
 """
 from __future__ import annotations
 
@@ -131,6 +139,8 @@ def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[in
 
     def make_start() -> BranchStart:
         meta = {"control": control, "source_run": source, "source_level": level}
+        if config.pruning is not None and config.pruning.finetune:
+            meta["source_finetune_epochs"] = config.pruning.finetune  # the parent fine-tuned; this trains from scratch
         if fresh_init:
             state = build_model(config.model.model, run.data.num_classes, run.data.input_shape, seed).state_dict()
             return BranchStart(state, mask, 0, False, meta)

@@ -79,6 +79,13 @@ class PruningHparams:
         None, "reach this final density over the levels: round L keeps D^(L/n) of each group, n = levels - 1 "
               "(levels 2: one-shot; more: iterative, as compared by Havinga & Sawhney, \"An analysis of neural "
               "network pruning in relation to the LTH\"); in (0, 1); replaces --fraction")
+    finetune: int = _f(
+        0, "imp and lot: fine-tune instead of rewinding (Han et al. 2015; Liu et al., \"Rethinking the value of network pruning\"):"
+           " every level after the first prunes the previous level's trained weights and trains them on, under the "
+           "mask, for this many epochs at --finetune-lr (constant); 0: rewind as usual")
+    finetune_lr: Optional[float] = _f(
+        None, "learning rate of fine-tuning, constant (default: the rate of the last step of the run's schedule, "
+              "the final small rate Liu et al. fine-tune with; give it with --schedule cosine, which ends near 0)")
 
 
 SECTIONS: dict[str, type] = {
@@ -223,12 +230,23 @@ def dumps(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def check_pruning(hp: "PruningHparams") -> None:
+def check_pruning(hp: "PruningHparams", finetune_allowed: bool = False) -> None:
     """Raise ``UserError`` naming the flag when ``--fraction`` or ``--target-density`` lies
-    outside (0, 1); commands call it before any work starts."""
+    outside (0, 1), or when ``--finetune``/``--finetune-lr`` are given where they do not apply
+    (``finetune_allowed``: IMP/LOT) or are out of range; commands call it before any work starts."""
     check_fraction(hp.fraction, "--fraction")
     if hp.target_density is not None:
         check_fraction(hp.target_density, "--target-density (the final fraction of weights kept)")
+    if not finetune_allowed and (hp.finetune or hp.finetune_lr is not None):
+        raise UserError("--finetune and --finetune-lr apply to imp and lot only (fine-tuning the levels of an IMP run)")
+    if hp.finetune < 0:
+        raise UserError(f"--finetune (epochs of fine-tuning) must be at least 0, got {hp.finetune}")
+    if hp.finetune_lr is not None:
+        if not hp.finetune:
+            raise UserError("--finetune-lr needs --finetune EPOCHS (without it the levels rewind and nothing is fine-tuned)")
+        limit = 3.4028234663852886e38  # float32's largest: the optimizers multiply float32 tensors by it
+        if not 0 < hp.finetune_lr <= limit:
+            raise UserError(f"--finetune-lr must be positive and at most {limit:.3g}, got {hp.finetune_lr}")
 
 
 def check_fraction(value: float, what: str, allow_zero: bool = False) -> None:

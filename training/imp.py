@@ -10,20 +10,31 @@ first k iterations of level 0 and every level continues the same schedule from t
 
 ``levels`` counts trained networks (level 0 is dense); the paper's I counts pruning iterations,
 so ``python -m training lot -I I`` runs ``levels = I + 1``.
+
+Fine-tuning (``PruningHparams.finetune`` = E > 0; Han et al. 2015, "Learning both weights and
+connections"; Liu et al. 2019, "Rethinking the value of network pruning"): level 0 trains the
+dense network as above; each later level L prunes level L-1's trained weights and, instead of
+rewinding, trains those same weights on under the new mask for E epochs at a constant rate
+(``finetune_lr``, by default the last rate of the run's schedule). Every other training
+hyperparameter is the run's. Level L then holds ``init.pt`` (W^0 under its mask, as in every
+run), ``rewind.pt`` (the weights fine-tuning starts from: level L-1's ``final.pt`` under the new
+mask, at iteration 0 of the fine-tuning) and ``final.pt`` (after E epochs).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import UserError
-from .hparams import Config, PruningHparams, check_pruning
-from .masks import apply_mask, dense_mask, output_name
+from .hparams import Config, PruningHparams, TrainingHparams, check_pruning
+from .loop import Schedule
+from .masks import Mask, apply_mask, dense_mask, output_name
 from .pruning import NETWORK_SCORES, STRUCTURED_SCORES, prune_by
 from .runs import Run, resolve_device
 from .saliency import ScoreContext
 from .seeding import derive_seed
-from .steps import parse_steps
+from .steps import Step, parse_steps
 
 
 def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_dir: Optional[str] = None,
@@ -38,7 +49,7 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
         raise UserError(f"--levels must be at least 1, got {levels}")
     pruning = config.pruning or PruningHparams()
     config.pruning = pruning
-    check_pruning(pruning)
+    check_finetune(config, levels)
 
     def check_pruning_on(model) -> None:  # fail now, not after level 0 has trained
         check_levels(model)
@@ -93,6 +104,8 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
         model = run.new_model()
         if level == 0:
             train_level_zero(run, model, mask)
+        elif pruning.finetune:
+            finetune_level(run, level, model, mask)
         else:
             apply_mask(model, mask)
             if not (run.level_dir(level) / "init.pt").exists():
@@ -107,6 +120,56 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
     if progress:
         run.print_summary(entries)
     return run
+
+
+def check_finetune(config: Config, levels: Optional[int] = None) -> None:
+    """Check the pruning settings of an IMP/LOT run, fine-tuning included; raise ``UserError`` (one
+    line) for a combination that means nothing. Commands call it before any work starts."""
+    pruning = config.pruning or PruningHparams()
+    check_pruning(pruning, finetune_allowed=True)
+    if not pruning.finetune:
+        return
+    if Step.parse(pruning.rewind, "--rewind").value != 0:
+        raise UserError(f"--finetune continues from each level's trained weights, so there is no rewind point: "
+                        f"drop --rewind {pruning.rewind} (-k)")
+    if levels is not None and levels < 2:
+        raise UserError(f"--finetune needs --levels >= 2 (level 0 trains the dense network; level 1 is the first "
+                        f"fine-tuned one), got {levels}")
+    if pruning.finetune_lr is None and config.training.schedule == "cosine":
+        raise UserError("--finetune with --schedule cosine needs --finetune-lr: the cosine schedule's last rate, "
+                        "the default, is about 0")
+
+
+def finetune_hparams(hp: TrainingHparams, pruning: PruningHparams, iterations_per_epoch: int) -> TrainingHparams:
+    """The training hyperparameters of a fine-tuned level: the run's, with ``pruning.finetune``
+    epochs at a constant rate ``pruning.finetune_lr`` (None: the rate of the last iteration of
+    the run's own schedule, in the units of ``--lr``) and no warm-up or milestones."""
+    if pruning.finetune_lr is not None:
+        lr = pruning.finetune_lr
+    else:
+        schedule = Schedule.build(hp, iterations_per_epoch)
+        lr = schedule(schedule.total - 1)
+    return dataclasses.replace(hp, train_for=f"{pruning.finetune}ep", schedule="constant", milestones="",
+                               warmup="0", lr=lr)
+
+
+def finetune_level(run: Run, level: int, model, mask: Mask) -> dict:
+    """Fine-tune level ``level`` (>= 1): level L-1's trained weights under ``mask``, trained on for
+    ``config.pruning.finetune`` epochs (``finetune_hparams``); write ``init.pt`` (W^0 under the
+    mask), ``rewind.pt`` (the starting weights, iteration 0) and ``final.pt``, whose
+    ``backprop_macs`` count the fine-tuning iterations. Returns the final metrics."""
+    pruning = run.config.pruning
+    hp = finetune_hparams(run.config.training, pruning, run.iterations_per_epoch)
+    info = {"epochs": pruning.finetune, "lr": hp.lr, "from": f"level_{level - 1}/final.pt"}
+    apply_mask(model, mask)
+    if not (run.level_dir(level) / "init.pt").exists():
+        run.save(model, mask, 0, level, "init")
+    model.load_state_dict(run.load_state(level - 1, "final"))
+    apply_mask(model, mask)
+    if not (run.level_dir(level) / "rewind.pt").exists():
+        run.save(model, mask, 0, level, "rewind", {"finetune": info})
+    return run.train_level(level, model, mask, 0, hp=hp, end=pruning.finetune * run.iterations_per_epoch,
+                           meta={"finetune": info})
 
 
 def train_level_zero(run: Run, model, mask) -> None:

@@ -41,7 +41,7 @@ from .cli import writable_dir
 from .cost import training_cost
 from .data import Dataset, load_dataset
 from .errors import UserError
-from .hparams import Config, dumps
+from .hparams import Config, TrainingHparams, dumps
 from .loop import check_lengths, train
 from .masks import Mask, check_mask, count
 from .metrics_log import MetricsLog
@@ -364,25 +364,29 @@ class Run:
 
     def train_level(self, level: int, model: nn.Module, mask: Optional[Mask], start: int,
                     save_points: Iterable[int] = (), on_save: Optional[Callable[[int], None]] = None,
-                    frozen: Optional[dict[str, torch.Tensor]] = None) -> dict:
-        """Train ``model`` from ``start`` to the end, resuming from ``level_L/state.pt`` if present;
-        write ``final.pt`` and return its metrics.
+                    frozen: Optional[dict[str, torch.Tensor]] = None, hp: Optional[TrainingHparams] = None,
+                    end: Optional[int] = None, meta: Optional[dict] = None) -> dict:
+        """Train ``model`` from ``start`` to ``end`` (default: the run's end) with ``hp`` (default: the
+        run's training hyperparameters), resuming from ``level_L/state.pt`` if present; write
+        ``final.pt`` (with ``meta`` added to its metadata) and return its metrics.
 
         Weights outside ``mask`` are held at zero, or at ``frozen``'s values (RISE)."""
         if mask is not None:
             check_mask(mask, model)
+        hp = hp or self.config.training
+        end = self.total if end is None else end
         state = self.level_dir(level) / "state.pt"
-        metrics = train(model, self.data, self.config.training, start=start, end=self.total, mask=mask,
+        metrics = train(model, self.data, hp, start=start, end=end, mask=mask,
                         log=self.log, level=level, save_points=save_points, on_save=on_save, state_path=state,
                         progress=self.progress, on_epoch_end=self.on_epoch_end, frozen=frozen)
         results = {k: v for k, v in metrics.items() if k.startswith(("test_", "val_", "train_"))}
         results["stopped_at"] = metrics["stopped_at"]
         cost = training_cost(model, self.data.input_shape, mask, start, metrics["stopped_at"], len(self.data.train),
-                             self.config.training.batch_size)
+                             hp.batch_size)
         # with early stopping the weights are those of the best validation evaluation
-        self.save(model, mask, metrics.get("iteration", self.total), level, "final",
+        self.save(model, mask, metrics.get("iteration", end), level, "final",
                   {"results": results, "backprop_macs": cost, "start_iteration": start,
-                   "masked_weights": "zero" if frozen is None else "frozen"})
+                   "masked_weights": "zero" if frozen is None else "frozen", **(meta or {})})
         if state.exists():
             os.unlink(state)
         return metrics

@@ -1,4 +1,4 @@
-"""Plain convolutional networks: the MNIST-1D CNN, LeNet-5 and Conv-2/4/6.
+"""Plain convolutional networks: the MNIST-1D CNN (with and without batch norm), LeNet-5 and Conv-2/4/6.
 
 Convolutions live in ``features`` and fully-connected layers in ``classifier``, so per-layer
 pruning rates can address them as ``features.*`` and ``classifier.*``.
@@ -40,6 +40,18 @@ def mnist1d_cnn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
         nn.Conv1d(32, 32, 5, stride=2, padding=2), nn.ReLU(),
     )
     return ConvNet(features, input_shape, [], num_classes)
+
+
+@register("mnist1d_cnn_bn")
+def mnist1d_cnn_bn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """mnist1d_cnn with a batch norm after every convolution (before its ReLU): network slimming runs on it."""
+    if len(input_shape) != 2:
+        raise UserError(f"model 'mnist1d_cnn_bn' needs 1-D input (channels, length), got {tuple(input_shape)}")
+    c = input_shape[0]
+    layers: list[nn.Module] = []
+    for cin in (c, 32, 32):
+        layers += [nn.Conv1d(cin, 32, 5, stride=2, padding=2), nn.BatchNorm1d(32), nn.ReLU()]
+    return ConvNet(nn.Sequential(*layers), input_shape, [], num_classes)
 
 
 @register("lenet5")
