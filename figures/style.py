@@ -10,6 +10,7 @@ COLORS = {
     "reinit": "C3", "random": "C7", "random-prune": "C7", "one-shot": "C1", "iterative": "C0",
     "scratch-e": "C4", "scratch-b": "C5", "fine-tune": "C2", "snip": "C1", "synflow": "C2",
     "magnitude": "C4", "bound": "0.3",
+    "lr-large": "C6", "lr-small": "C9",  # two learning rates compared in one panel
     # strong-LTH constructions (theory figures)
     "single-product": "C3", "linear-diamond": "C2", "relu-diamond": "C0",
 }
