@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
+from training.cli import ArgumentParser, check_threads, run_command, set_threads, writable_dir
 from training.errors import UserError
 
 from .core import SCALE_HELP, SCALES, Context, Figure, FigureError, write_outputs
@@ -48,7 +48,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help="with ray/slurm: GPUs per run, fractions allowed on Ray (default 0)")
     parser.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    add_threads_flag(parser)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch in every run and analysis (default 1, as Ray and Slurm "
+                             "workers get one per CPU: the same numbers on every backend and machine; results "
+                             "differ with the thread count)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 

@@ -40,7 +40,7 @@ def write_gallery(out: Path, order: list[str]) -> tuple[Path, Path]:
     for r in records:
         name, caption = r["figure"], r["caption"]
         md += [f"## {r['title']}", "", f"*{r['reproduces']}* — `python -m figures {name}`, "
-               f"{r['wall_seconds']:.0f} s at scale {r['scale']}", "",
+               f"scale {r['scale']}, made in {r['wall_seconds']:.0f} s (runs already in `--runs` are not retrained)", "",
                f"[![{name}]({name}.png)]({name}.png)", "",
                f"**Paper.** {caption['claim']}", "", f"**Here.** {caption['ours']}", "",
                f"**Verdict:** {caption['verdict']}.", ""]
@@ -51,7 +51,7 @@ def write_gallery(out: Path, order: list[str]) -> tuple[Path, Path]:
         cards.append(
             f'<div class="card"><h2>{html.escape(r["title"])}</h2>'
             f'<p class="src"><i>{html.escape(r["reproduces"])}</i> &mdash; <code>python -m figures '
-            f'{html.escape(name)}</code>, {r["wall_seconds"]:.0f} s at scale {html.escape(r["scale"])}</p>'
+            f'{html.escape(name)}</code>, scale {html.escape(r["scale"])}, made in {r["wall_seconds"]:.0f} s (runs already in <code>--runs</code> are not retrained)</p>'
             f'<a href="{html.escape(name)}.png"><img src="{html.escape(name)}.png" alt="{html.escape(name)}"></a>'
             f'<p><b>Paper.</b> {_md_inline(caption["claim"])}</p><p><b>Here.</b> {_md_inline(caption["ours"])}</p>'
             f'<p class="verdict"><b>Verdict:</b> {html.escape(caption["verdict"])}.</p>'

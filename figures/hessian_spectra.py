@@ -210,7 +210,7 @@ FIGURE = Figure(
     name="hessian-spectra",
     title="Hessian eigenvalue densities of the one-shot ticket at several rewind points",
     reproduces="Tartaglione 2022, \"The rise of the lottery heroes\", Fig. 2",
-    small_minutes=0.7,
+    small_minutes=0.5,
     make=make,
     paper_datasets=("cifar10",),
 )

@@ -160,6 +160,6 @@ FIGURE = Figure(
     title="Instability (error barrier) against the rewind point, dense network and IMP ticket",
     reproduces="Frankle et al. 2020, \"Linear mode connectivity and the lottery ticket hypothesis\", as in the "
                "lecture slides",
-    small_minutes=1.9,  # measured: 112 s on 2 shared CPU cores
+    small_minutes=1.0,
     make=make,
 )

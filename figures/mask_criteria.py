@@ -142,7 +142,7 @@ FIGURE = Figure(
     name="mask-criteria",
     title="Supermasks and mask criteria: untrained and trained accuracy per criterion",
     reproduces="Zhou et al. 2019, \"Deconstructing lottery tickets\", as in the lecture slides",
-    small_minutes=2.0,
+    small_minutes=0.5,
     make=make,
     paper_datasets=("mnist",),
 )

@@ -196,6 +196,6 @@ FIGURE = Figure(
     title="One-shot against iterative pruning; winning ticket against random initialisation at two learning rates",
     reproduces="Havinga & Sawhney, \"An analysis of neural network pruning in relation to the LTH\", sec. 2.1 and "
                "Table 2 (after Liu et al.)",
-    small_minutes=1.8,  # measured: 109 s after pruning-at-init (which shares its iterative runs)
+    small_minutes=1.5,  # after pruning-at-init, whose iterative IMP runs it shares (about 2.6 alone)
     make=make,
 )

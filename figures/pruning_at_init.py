@@ -139,6 +139,6 @@ FIGURE = Figure(
     title="Pruning at initialisation (SNIP, SynFlow, magnitude, random) against IMP tickets",
     reproduces="Lecture slides \"From model pruning to sparse updates and the LTH\", after Frankle et al. 2021, "
                "\"Pruning neural networks at initialization: why are we missing the mark?\"",
-    small_minutes=2.4,  # measured: 143 s on 2 shared CPU cores, its IMP runs included
+    small_minutes=1.9,
     make=make,
 )

@@ -16,10 +16,11 @@ def settings(ctx: Context) -> dict:
     return ctx.pick(
         tiny=dict(base=["--model", "mnist1d_cnn_bn", "--mnist1d-samples", "500", "--train-for", "2ep",
                         "--batch-size", "40", "--levels", "2", "--finetune", "1"], fractions=[0.5], seeds=[0]),
-        # the batch-norm MNIST-1D CNN is the one offline model slimming can prune; removing half and
-        # three quarters of the channels once leaves about 25 % and 7 % of the weights
-        small=dict(base=["--model", "mnist1d_cnn_bn", "--levels", "2", "--finetune", "10"], fractions=[0.5, 0.75],
-                   seeds=[0, 1]),
+        # the batch-norm MNIST-1D CNN is the one offline model slimming can prune. Removing 30 % and
+        # 50 % of the channels once leaves about half and a quarter of the weights; removing 75 %
+        # (9 % of the weights) makes Scratch-B train 14x longer, about 10 minutes for the figure
+        small=dict(base=["--model", "mnist1d_cnn_bn", "--levels", "2", "--finetune", "10"], fractions=[0.3, 0.5],
+                   seeds=[0, 1, 2]),
         paper=dict(base=["--model", "vgg16", "--dataset", "cifar10", "--train-for", "160ep", "--lr", "0.1",
                          "--schedule", "step", "--milestones", "80ep,120ep", "--momentum", "0.9",
                          "--weight-decay", "1e-4", "--batch-size", "64", "--levels", "2", "--finetune", "40"],
@@ -83,12 +84,13 @@ def make(ctx: Context) -> Result:
             facts.append(f"{score} at {100 * density(score, f):.1f} % of the weights: fine-tuned {pct(*ft)}, "
                          f"Scratch-E {pct(*e)}, Scratch-B {pct(*b)}")
             total += 1
-            wins_b += b[0] >= ft[0]
-            wins_e += e[0] >= ft[0]
+            # Liu et al. claim "comparable or better": within one standard deviation counts as comparable
+            wins_b += b[0] >= ft[0] - max(ft[1], b[1])
+            wins_e += e[0] >= ft[0] - max(ft[1], e[1])
     verdict = ("holds" if wins_b == total and wins_e >= total / 2 else "partly" if wins_b >= total / 2
                else "does not show at this scale")
-    ours = ("; ".join(facts) + f". Scratch-B matches or beats the fine-tuned network in {wins_b} of {total} "
-            f"settings and Scratch-E in {wins_e} of {total}.")
+    ours = ("; ".join(facts) + f". Scratch-B is comparable to (within one SD) or better than the fine-tuned network in {wins_b} of "
+            f"{total} settings and Scratch-E in {wins_e} of {total}.")
     caption = Caption(
         claim="Liu et al. (2019), as discussed by Havinga & Sawhney (sec. 3.2): for structured pruning, training "
               "the pruned architecture from scratch is comparable to or better than fine-tuning the pruned "
@@ -110,6 +112,6 @@ FIGURE = Figure(
     name="structured-pruning",
     title="Structured pruning: fine-tuning against Scratch-E and Scratch-B",
     reproduces="Liu et al. 2019, \"Rethinking the value of network pruning\", as in Havinga & Sawhney sec. 3.2",
-    small_minutes=3.0,
+    small_minutes=3.5,
     make=make,
 )

@@ -115,6 +115,6 @@ FIGURE = Figure(
     name="ticket-search-sizes",
     title="Ticket search across model sizes: SR, A_gain, LTS and TL_gain",
     reproduces="Sahu et al., \"Not all lotteries are made equal\", Table 2 and Figs. 2 to 6",
-    small_minutes=3.0,
+    small_minutes=1.9,
     make=make,
 )

@@ -103,7 +103,7 @@ FIGURE = Figure(
     name="ticket-vs-controls",
     title="Winning tickets against re-initialisation and random pruning",
     reproduces="Frankle & Carbin 2019, as in Havinga & Sawhney sec. 3.1 and the lecture slides",
-    small_minutes=2.5,
+    small_minutes=3.3,
     make=make,
     paper_datasets=("mnist",),
 )

@@ -117,3 +117,13 @@ def test_ctrl_c_during_training_prints_the_resume_hint(tmp_path, data_dir):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip() == "interrupted: run the same command again to resume" and "Traceback" not in err
+
+
+def test_a_bad_rewind_step_is_refused_when_a_sweep_is_planned(tmp_path):
+    """A sweep checks every point before the first run: a malformed -k must fail there, not after
+    other runs have trained."""
+    from training.errors import UserError
+    from training.sweep import plan
+
+    with pytest.raises(UserError, match="-k/--rewind '20xx' is not a step"):
+        plan("imp", {"rewind": ["2ep", "20xx"]}, ["--out", str(tmp_path)])

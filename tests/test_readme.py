@@ -81,3 +81,23 @@ def test_run_folders_named_in_the_readme_are_the_commands_folders(variable, argv
         main([*argv, "--out", str(tmp_path)])
     algorithm, digest = hashes[-1]
     assert named == {f"{algorithm}-{digest}"}
+
+
+def test_figures_commands_parse_and_name_real_figures():
+    from figures.__main__ import make_parser
+    from figures.registry import by_name
+
+    commands = _commands("figures")
+    assert len(commands) >= 3
+    known = by_name()
+    for argv in commands:
+        args = make_parser().parse_args(argv)
+        assert args.what in (["list"], ["all"]) or all(w in known for w in args.what), argv
+
+
+def test_gallery_thumbnails_in_the_readme_exist():
+    root = Path(__file__).resolve().parents[1]
+    images = re.findall(r'src="(docs/gallery/[\w.-]+\.png)"', README)
+    assert images, "the Figures section shows the gallery's thumbnails"
+    for image in images:
+        assert (root / image).is_file(), image

@@ -276,6 +276,10 @@ def prepare(command: str, args: argparse.Namespace) -> Callable[[], Any]:
     from .models import check_model_name
 
     check_training(config.training)
+    if "pruning" in sections:
+        from .hparams import check_pruning
+
+        check_pruning(config.pruning, finetune_allowed=command in ("imp", "lot"))
     check_model_name(config.model.model)
     if command in ("imp", "lot"):
         from .imp import check_finetune

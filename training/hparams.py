@@ -232,9 +232,12 @@ def dumps(data: Any) -> str:
 
 def check_pruning(hp: "PruningHparams", finetune_allowed: bool = False) -> None:
     """Raise ``UserError`` naming the flag when ``--fraction`` or ``--target-density`` lies
-    outside (0, 1), or when ``--finetune``/``--finetune-lr`` are given where they do not apply
+    outside (0, 1), when ``-k`` is not a step, or when ``--finetune``/``--finetune-lr`` are given where they do not apply
     (``finetune_allowed``: IMP/LOT) or are out of range; commands call it before any work starts."""
+    from .steps import Step
+
     check_fraction(hp.fraction, "--fraction")
+    Step.parse(hp.rewind, "-k/--rewind")
     if hp.target_density is not None:
         check_fraction(hp.target_density, "--target-density (the final fraction of weights kept)")
     if not finetune_allowed and (hp.finetune or hp.finetune_lr is not None):
