@@ -2,8 +2,8 @@
 
 - ``analysis.hessian``: top eigenvalues, trace and spectral density of the loss Hessian, in the
   full space or the ticket's subspace (``python -m analysis.hessian ckpt.pt``).
-- ``analysis.lanczos``: Lanczos, Hutchinson and stochastic Lanczos quadrature for any symmetric
-  operator; ``analysis.hvp``: the Hessian as such an operator.
+- ``analysis.hessian.linalg``: Lanczos, Hutchinson and stochastic Lanczos quadrature for any symmetric
+  operator; ``analysis.hessian.operator``: the Hessian as such an operator.
 - ``analysis.connectivity``: linear mode connectivity, error barriers and instability.
 - ``analysis.trajectory``: trajectory length (Raghu et al.) and TL_gain.
 - ``analysis.supermask``: supermask accuracy, Zhou et al.'s mask criteria, mask similarity.

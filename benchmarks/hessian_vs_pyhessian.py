@@ -25,9 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis.hessian import THIRD_PARTY_NOISE, hessian_batches
-from analysis.hvp import HessianOperator, tune_allocator
-from analysis.lanczos import hutchinson_trace, slq, top_eigenvalues
+from analysis.hessian import (
+    THIRD_PARTY_NOISE,
+    HessianOperator,
+    hessian_batches,
+    hutchinson_trace,
+    slq,
+    top_eigenvalues,
+    tune_allocator,
+)
 from training.checkpoint import load
 from training.runs import resolve_device
 
@@ -83,7 +89,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--strategy", default="auto", choices=["auto", "rop", "loop", "batched"],
                         help="our Hessian-vector product (default auto: the R-operator on CPU where the model "
-                             "allows, autograd on CUDA; see analysis.hvp.choose_strategy)")
+                             "allows, autograd on CUDA; see analysis.hessian.choose_strategy)")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc thresholds alone (by default both sides run tuned)")
     args = parser.parse_args()

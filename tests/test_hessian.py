@@ -10,10 +10,17 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
-from analysis.hessian import Settings, analyze, main
-from analysis.hvp import HessianOperator
+from analysis.hessian import (
+    HessianOperator,
+    Settings,
+    analyze,
+    gaussian_density,
+    hutchinson_trace,
+    main,
+    slq,
+    top_eigenvalues,
+)
 from training.errors import UserError
-from analysis.lanczos import gaussian_density, hutchinson_trace, slq, top_eigenvalues
 from tests.conftest import tiny_config
 from training.imp import run_imp, run_train
 

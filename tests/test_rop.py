@@ -4,10 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis import rop
-from analysis.hvp import HessianOperator, choose_strategy
-from analysis.lanczos import hutchinson_trace
-from analysis.rop import RopEngine
+from analysis.hessian import HessianOperator, RopEngine, choose_strategy, hutchinson_trace, rop
 from tests.test_hessian import explicit_hessian
 from training.errors import UserError
 from training.models import MODELS, build_model

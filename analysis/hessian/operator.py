@@ -4,7 +4,7 @@ H is the exact Hessian of the mean cross-entropy over all the examples given, ac
 by batch with weight |batch| / N. Three ways to compute the products, all exact:
 
 - ``strategy="rop"`` (the default on CPU where the model allows it): Pearlmutter's R-operator
-  (``analysis.rop``), with each batch's forward and backward pass computed once and cached, and
+  (``analysis.hessian.rop``), with each batch's forward and backward pass computed once and cached, and
   the k vectors of a call sharing each pass over a small batch (folded into its batch axis). Models made of convolutions, linear layers,
   batch norm (evaluation mode), ReLU, pooling and residual additions qualify: every model in
   ``training.models`` except MobileNetV3 (hardswish).
