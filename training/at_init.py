@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
+from .commands import Command, keep_to_fraction, prepare_run, run_flags
 from .hparams import Config, PruningHparams, check_pruning
 from .masks import apply_mask, dense_mask, output_name
 from .pruning import prune_by
@@ -41,3 +42,17 @@ def run_at_init(config: Config, *, out: str | Path = "runs", data_dir: Optional[
     if progress:
         run.print_summary(entries)
     return run
+
+
+def _flags(parser) -> None:
+    parser.add_argument("--keep", type=float, default=None, metavar="R", help="percent of weights kept")
+
+
+AT_INIT = Command(
+    "at-init", "prune at initialisation (SNIP, SynFlow, magnitude, random), then train",
+    "Score W^0, prune once to --target-density, train the sparse network from W^0 (pruning at initialisation, "
+    "for comparison with IMP tickets).",
+    "examples:\n  python -m training at-init --score synflow --target-density 0.1\n"
+    "  python -m training at-init --score snip --target-density 0.1",
+    run_flags(_flags),
+    lambda args: prepare_run(args, run_at_init, adjust=keep_to_fraction))

@@ -73,22 +73,27 @@ def _alive(mask: Mask, pair: ChannelPair) -> torch.Tensor:
     return mask[pair.producer].flatten(1).any(dim=1)
 
 
-def channel_scores(model: nn.Module, mask: Mask, method: str) -> list[torch.Tensor]:
-    """One score per output channel of each pair's producer (higher = keep)."""
+def l1_filter_scores(model: nn.Module, mask: Mask, pairs: list[ChannelPair]) -> list[torch.Tensor]:
+    """Li et al.: the L1 norm of each kept filter of each pair's producer."""
     params = dict(model.named_parameters())
-    scores = []
-    for pair in channel_pairs(model):
-        if method == "l1-filter":
-            w = params[pair.producer].detach() * mask[pair.producer]
-            scores.append(w.abs().flatten(1).sum(dim=1).cpu())
-        elif method == "slimming":
-            if pair.norm is None:
-                raise UserError("network slimming needs a batch norm after every pruned convolution; "
-                                "use mnist1d_cnn_bn, vgg16/vgg19 or a ResNet, or --score l1-filter")
-            scores.append(params[pair.norm].detach().abs().cpu())
-        else:
-            raise UserError(f"unknown structured score {method!r}; choose l1-filter or slimming")
-    return scores
+    return [(params[p.producer].detach() * mask[p.producer]).abs().flatten(1).sum(dim=1).cpu() for p in pairs]
+
+
+def bn_scale_scores(model: nn.Module, mask: Mask, pairs: list[ChannelPair]) -> list[torch.Tensor]:
+    """Network slimming (Liu et al. 2017): |gamma| of the batch norm after each pair's producer."""
+    if any(p.norm is None for p in pairs):
+        raise UserError("network slimming needs a batch norm after every pruned convolution; "
+                        "use mnist1d_cnn_bn, vgg16/vgg19 or a ResNet, or --score l1-filter")
+    params = dict(model.named_parameters())
+    return [params[p.norm].detach().abs().cpu() for p in pairs]
+
+
+def channel_scores(model: nn.Module, mask: Mask, method: str) -> list[torch.Tensor]:
+    """One score per output channel of each pair's producer (higher = keep), by the structured
+    score ``method`` of the registry ``training.pruning.SCORES``."""
+    from .pruning import score_named
+
+    return score_named(method, "structured").fn(model, mask, channel_pairs(model))
 
 
 def remove_channels(mask: Mask, pair: ChannelPair, channels: torch.Tensor) -> None:
@@ -105,8 +110,12 @@ def remove_channels(mask: Mask, pair: ChannelPair, channels: torch.Tensor) -> No
 
 
 def prune_channels(model: nn.Module, mask: Mask, fraction: float, method: str) -> Mask:
-    """Remove ``round(fraction * alive)`` channels: per layer for ``l1-filter``, ranked across
-    layers for ``slimming``. Every layer keeps at least one channel. Returns a new, nested mask."""
+    """Remove ``round(fraction * alive)`` channels: per layer for a score registered ``per_layer``
+    (``l1-filter``), ranked across layers otherwise (``slimming``). Every layer keeps at least one
+    channel. Returns a new, nested mask."""
+    from .pruning import score_named
+
+    per_layer = score_named(method, "structured").per_layer
     pairs = channel_pairs(model)
     missing = [p for pair in pairs for p in (pair.producer, pair.consumer) if p not in mask]
     if missing:
@@ -114,7 +123,7 @@ def prune_channels(model: nn.Module, mask: Mask, fraction: float, method: str) -
     scores = channel_scores(model, mask, method)
     new = {k: v.clone() for k, v in mask.items()}
     alive = [_alive(mask, pair).cpu() for pair in pairs]
-    if method == "l1-filter":
+    if per_layer:
         for pair, score, live in zip(pairs, scores, alive):
             idx = torch.nonzero(live).flatten()
             remove = min(int(fraction * len(idx) + 0.5), len(idx) - 1)

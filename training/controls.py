@@ -26,13 +26,16 @@ signed constants. None of the controls fine-tunes.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from .branches import BranchStart, train_run
 from .checkpoint import read_checkpoint
+from .cli import add_threads_flag, check_threads, set_threads, writable_dir
+from .commands import HAVINGA, Command
 from .cost import layer_macs
 from .data import load_dataset
 from .errors import UserError
@@ -43,7 +46,6 @@ from .runs import Run, load_mask, read_run_config, resolve_device
 from .seeding import generator
 from .steps import Step, parse_steps
 
-CONTROLS = ("reinit", "scratch-e", "scratch-b", "random-prune", "reshuffle", "signed-constant")
 
 
 def random_mask_like(mask: Mask, seed: int) -> Mask:
@@ -92,11 +94,78 @@ def sparse_budget_factor(model_name: str, num_classes: int, input_shape: tuple[i
     return dense / sparse
 
 
+@dataclass
+class ControlSource:
+    """What a control starts from: the parent run's folder, level ``level``'s mask, the control's
+    seed, and the branch run being made (its data, its rewind iteration)."""
+
+    run_dir: Path
+    level: int
+    mask: Mask
+    seed: int
+    run: Run
+
+    def rewind_weights(self) -> dict:
+        """W^k, the parent's weights at its rewind point (``level_0/rewind.pt``)."""
+        return read_checkpoint(self.run_dir / "level_0" / "rewind.pt")["state_dict"]
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control: ``start(source)`` returns the weights, mask and iteration the branch trains
+    from. ``fresh_init``: the weights are a new initialisation drawn from the control's seed (it
+    is recorded as the branch's model seed). ``rescale(config, mask, data_dir)``, when set,
+    changes the training length in place before the branch is made and returns the identity entry
+    that records the change."""
+
+    name: str
+    start: Callable[[ControlSource], tuple[dict, Mask, int]]
+    fresh_init: bool = False
+    rescale: Optional[Callable[[Config, Mask, Optional[str]], str]] = None
+
+
+def _fresh_start(src: ControlSource) -> tuple[dict, Mask, int]:
+    config = src.run.config
+    state = build_model(config.model.model, src.run.data.num_classes, src.run.data.input_shape, src.seed).state_dict()
+    return state, src.mask, 0
+
+
+def _scratch_b_budget(config: Config, mask: Mask, data_dir: Optional[str]) -> str:
+    """Scale the training length, milestones and warm-up by dense MACs / sparse MACs per example."""
+    data = load_dataset(config.dataset, data_dir)
+    ipe = -(-len(data.train) // config.training.batch_size)
+    factor = sparse_budget_factor(config.model.model, data.num_classes, data.input_shape, mask)
+    hp = config.training
+    hp.train_for = f"{int(round(Step.parse(hp.train_for).iterations(ipe) * factor))}it"
+    hp.milestones = _scale_steps(hp.milestones, factor, ipe)
+    hp.warmup = f"{int(round(Step.parse(hp.warmup).iterations(ipe) * factor))}it"
+    return f"factor={factor:.6f}"
+
+
+CONTROLS: dict[str, Control] = {c.name: c for c in (
+    Control("reinit", _fresh_start, fresh_init=True),
+    Control("scratch-e", _fresh_start, fresh_init=True),
+    Control("scratch-b", _fresh_start, fresh_init=True, rescale=_scratch_b_budget),
+    Control("random-prune", lambda src: (src.rewind_weights(), random_mask_like(src.mask, src.seed),
+                                         src.run.rewind_iteration)),
+    Control("reshuffle", lambda src: (reshuffle_kept(src.rewind_weights(), src.mask, src.seed), src.mask,
+                                      src.run.rewind_iteration)),
+    Control("signed-constant", lambda src: (signed_constants(src.rewind_weights(), src.mask), src.mask,
+                                            src.run.rewind_iteration)),
+)}
+
+
+def control_named(name: str) -> Control:
+    """The registered control ``name``; ``UserError`` (one line) for an unknown one."""
+    if name not in CONTROLS:
+        raise UserError(f"unknown control {name!r}; choose one of: {', '.join(CONTROLS)}")
+    return CONTROLS[name]
+
+
 def check_control(run_dir: str | Path, control: str, level: int, seed: Optional[int] = None) -> dict:
     """Check that ``control`` can run on level ``level`` of the IMP run in ``run_dir`` (nothing is
     written); return the run's ``config.json``. ``UserError`` (one line) otherwise."""
-    if control not in CONTROLS:
-        raise UserError(f"unknown control {control!r}; choose one of: {', '.join(CONTROLS)}")
+    control_named(control)
     run_dir = Path(run_dir)
     if seed is not None and seed < 0:
         raise UserError(f"--seed must be a non-negative integer, got {seed}")
@@ -122,34 +191,19 @@ def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[in
     identity = (f"source={source}", f"level={level}", f"seed={seed}")
     root = run_dir / "branches"
     dev = resolve_device(device)
-
-    if control == "scratch-b":
-        data = load_dataset(config.dataset, data_dir)
-        ipe = -(-len(data.train) // config.training.batch_size)
-        factor = sparse_budget_factor(config.model.model, data.num_classes, data.input_shape, mask)
-        hp = config.training
-        hp.train_for = f"{int(round(Step.parse(hp.train_for).iterations(ipe) * factor))}it"
-        hp.milestones = _scale_steps(hp.milestones, factor, ipe)
-        hp.warmup = f"{int(round(Step.parse(hp.warmup).iterations(ipe) * factor))}it"
-        identity += (f"factor={factor:.6f}",)
-    fresh_init = control in ("reinit", "scratch-e", "scratch-b")
+    kind = control_named(control)
+    if kind.rescale is not None:
+        identity += (kind.rescale(config, mask, data_dir),)
     # a fresh initialisation is drawn from the control's seed: record it as the model seed
-    run = Run(config, control, root, dev, data_dir, progress, identity, model_seed=seed if fresh_init else None,
+    run = Run(config, control, root, dev, data_dir, progress, identity, model_seed=seed if kind.fresh_init else None,
               out_flag="branch folder")
 
     def make_start() -> BranchStart:
         meta = {"control": control, "source_run": source, "source_level": level}
         if config.pruning is not None and config.pruning.finetune:
             meta["source_finetune_epochs"] = config.pruning.finetune  # the parent fine-tuned; this trains from scratch
-        if fresh_init:
-            state = build_model(config.model.model, run.data.num_classes, run.data.input_shape, seed).state_dict()
-            return BranchStart(state, mask, 0, False, meta)
-        w_k = read_checkpoint(run_dir / "level_0" / "rewind.pt")["state_dict"]
-        if control == "random-prune":
-            return BranchStart(w_k, random_mask_like(mask, seed), run.rewind_iteration, False, meta)
-        if control == "reshuffle":
-            return BranchStart(reshuffle_kept(w_k, mask, seed), mask, run.rewind_iteration, False, meta)
-        return BranchStart(signed_constants(w_k, mask), mask, run.rewind_iteration, False, meta)
+        state, start_mask, iteration = kind.start(ControlSource(run_dir, level, mask, seed, run))
+        return BranchStart(state, start_mask, iteration, False, meta)
 
     train_run(run, make_start)
     return _finish(run, progress)
@@ -160,3 +214,41 @@ def _finish(run: Run, progress: bool) -> Run:
     if progress:
         run.print_summary(entries)
     return run
+
+
+def _flags(parser) -> None:
+    parser.add_argument("name", help="which control (see below)")
+    parser.add_argument("run", help="the IMP run folder")
+    parser.add_argument("--level", type=int, required=True, help="which level's mask")
+    parser.add_argument("--seed", type=int, help="seed of the control's randomness (default: run seed + 1)")
+    parser.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    add_threads_flag(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
+
+
+def _prepare(args):
+    check_threads(args.threads)
+    resolve_device(args.device)
+    check_control(args.run, args.name, args.level, args.seed)
+    writable_dir(args.run, flag="RUN")  # the branch is written under RUN/branches/
+
+    def go() -> Run:
+        set_threads(args.threads)
+        return run_control(args.run, args.name, args.level, args.seed, data_dir=args.data_dir, device=args.device,
+                           progress=not args.no_progress)
+
+    return go
+
+
+CONTROL = Command(
+    "control", "a control on an IMP run's ticket: reinit, random-prune, reshuffle, ...",
+    "Train a control on level L of a finished IMP/LOT run (the controls compared by " + HAVINGA + "; Liu et al., "
+    "\"Rethinking the value of network pruning\"; Zhou et al., \"Deconstructing lottery tickets\"); the branch "
+    "lives in RUN/branches/.",
+    f"controls: {', '.join(CONTROLS)}\n"
+    "A fine-tuned run (imp --finetune) is a parent like any other: every control trains\n"
+    "from iteration 0 with the run's original schedule and length (Scratch-E/B), not the\n"
+    "fine-tuning's.\n"
+    "example:\n  python -m training control reinit runs/imp-f6ec9936304d --level 4",
+    _flags, _prepare)

@@ -18,7 +18,7 @@ import random
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -218,17 +218,57 @@ def _read_cifar(root: Path, name: str) -> tuple[np.ndarray, ...]:
             np.concatenate([d for d, _ in test]), np.concatenate([l for _, l in test]))
 
 
-DATASETS = {
-    "mnist1d": {"classes": 10, "augment": False},
-    "mnist": {"classes": 10, "augment": False},
-    "cifar10": {"classes": 10, "augment": True},
-    "cifar100": {"classes": 100, "augment": True},
-}
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train x, train y, test x, test y
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset ``--dataset`` accepts: ``read(folder, hp)`` returns its raw arrays, inputs as
+    (N, *shape); ``classes`` labels 0..classes-1; ``augment``: random crop and flip by default.
+    ``cache(folder, hp)``: for a dataset this toolkit generates, the file it is cached in (a
+    missing data folder is then created); ``check(hp)`` refuses the dataset's own bad settings
+    before anything is read or made."""
+
+    name: str
+    read: Callable[[Path, DatasetHparams], Arrays]
+    classes: int
+    shape: tuple[int, ...]
+    augment: bool = False
+    cache: Optional[Callable[[Path, DatasetHparams], Path]] = None
+    check: Optional[Callable[[DatasetHparams], None]] = None
+
+
+def _mnist1d(folder: Path, hp: DatasetHparams) -> Arrays:
+    x, y, xt, yt = _read_mnist1d(folder, hp.mnist1d_samples)
+    return x[:, None, :], y, xt[:, None, :], yt
+
+
+def _check_mnist1d(hp: DatasetHparams) -> None:
+    if hp.mnist1d_samples < 20:
+        raise UserError(f"--mnist1d-samples must be at least 20, got {hp.mnist1d_samples}")
+
+
+DATASET_SPECS: dict[str, DatasetSpec] = {d.name: d for d in (
+    DatasetSpec("mnist1d", _mnist1d, 10, (1, 40), cache=lambda folder, hp: folder / f"mnist1d_{hp.mnist1d_samples}.npz",
+                check=_check_mnist1d),
+    DatasetSpec("mnist", lambda folder, hp: _read_mnist(folder), 10, (1, 28, 28)),
+    DatasetSpec("cifar10", lambda folder, hp: _read_cifar(folder, "cifar10"), 10, (3, 32, 32), augment=True),
+    DatasetSpec("cifar100", lambda folder, hp: _read_cifar(folder, "cifar100"), 100, (3, 32, 32), augment=True),
+)}
+# the same facts as plain dicts, for callers that read DATASETS[name]["classes"]
+DATASETS = {name: {"classes": d.classes, "augment": d.augment, "shape": d.shape} for name, d in DATASET_SPECS.items()}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registered dataset ``name``; ``UserError`` (one line) for an unknown one."""
+    if name not in DATASET_SPECS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_SPECS)}")
+    return DATASET_SPECS[name]
 
 
 def check_dataset_name(name: str) -> None:
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    """``UserError`` (one line) unless ``name`` is a registered dataset."""
+    dataset_spec(name)
 
 
 def load_dataset(hp: DatasetHparams, root: Optional[str | os.PathLike] = None) -> Dataset:
@@ -237,23 +277,21 @@ def load_dataset(hp: DatasetHparams, root: Optional[str | os.PathLike] = None) -
     Inputs are standardised per channel with the mean and std of the training split (after the
     validation split is held out), so no statistic is taken from held-out data.
     """
-    check_dataset_name(hp.dataset)
+    spec = dataset_spec(hp.dataset)
     if hp.val_fraction:
         check_fraction(hp.val_fraction, "--val-fraction", allow_zero=True)
-    if hp.dataset == "mnist1d" and hp.mnist1d_samples < 20:
-        raise UserError(f"--mnist1d-samples must be at least 20, got {hp.mnist1d_samples}")
+    if spec.check is not None:
+        spec.check(hp)
     folder = data_dir(root)
-    cached = hp.dataset == "mnist1d" and (folder / f"mnist1d_{hp.mnist1d_samples}.npz").is_file()
-    check_data_dir(folder, _data_dir_source(root), create=hp.dataset == "mnist1d" and not cached)
-    if hp.dataset == "mnist1d":
-        x, y, xt, yt = _read_mnist1d(folder, hp.mnist1d_samples)
-        x, xt = x[:, None, :], xt[:, None, :]
-    elif hp.dataset == "mnist":
-        x, y, xt, yt = _read_mnist(folder)
-    else:
-        x, y, xt, yt = _read_cifar(folder, hp.dataset)
+    generate = spec.cache is not None and not spec.cache(folder, hp).is_file()
+    check_data_dir(folder, _data_dir_source(root), create=generate)
+    x, y, xt, yt = spec.read(folder, hp)
+    for inputs, split in ((x, "training"), (xt, "test")):
+        if tuple(inputs.shape[1:]) != spec.shape:
+            raise UserError(f"{hp.dataset} {split} inputs have shape {tuple(inputs.shape[1:])}, expected "
+                            f"{spec.shape}: files are corrupt")
 
-    num_classes = DATASETS[hp.dataset]["classes"]
+    num_classes = spec.classes
     for labels, split in ((y, "training"), (yt, "test")):
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise UserError(f"{hp.dataset} {split} labels outside [0, {num_classes}): files are corrupt")
@@ -276,7 +314,7 @@ def load_dataset(hp: DatasetHparams, root: Optional[str | os.PathLike] = None) -
     def norm(split: Split) -> Split:
         return Split(((split.x - mean) / std).contiguous(), split.y)
 
-    augment = DATASETS[hp.dataset]["augment"] if hp.augment is None else bool(hp.augment)
+    augment = spec.augment if hp.augment is None else bool(hp.augment)
     return Dataset(
         name=hp.dataset, train=norm(Split(x, y)), test=norm(Split(xt, yt)),
         val=None if val is None else norm(val), num_classes=num_classes,

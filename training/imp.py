@@ -26,11 +26,12 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Optional
 
+from .commands import SAHU, TARTAGLIONE, Command, keep_to_fraction, prepare_run, run_flags
 from .errors import UserError
 from .hparams import Config, PruningHparams, TrainingHparams, check_pruning
 from .loop import Schedule
 from .masks import Mask, apply_mask, dense_mask, output_name
-from .pruning import NETWORK_SCORES, STRUCTURED_SCORES, prune_by
+from .pruning import prune_by, score_named
 from .runs import Run, resolve_device
 from .saliency import ScoreContext
 from .seeding import derive_seed
@@ -50,20 +51,21 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
     pruning = config.pruning or PruningHparams()
     config.pruning = pruning
     check_finetune(config, levels)
+    score = score_named(pruning.score)
 
     def check_pruning_on(model) -> None:  # fail now, not after level 0 has trained
         check_levels(model)
-        if pruning.score in STRUCTURED_SCORES:
+        if score.kind == "structured":
             prune_by(pruning, {}, dense_mask(model), output_name(model), context=ScoreContext(model, ()))
             return
         prune_by(pruning, dict(model.named_parameters()), dense_mask(model), output_name(model),
                  target_density=pruning.target_density,
-                 score="magnitude" if pruning.score in NETWORK_SCORES else None)
+                 score="magnitude" if score.needs_network else None)
 
     def check_levels(model) -> None:
         """Refuse more levels than there are weights to prune: past some level, removing
         ``--fraction`` of what is left rounds to nothing."""
-        if pruning.target_density is not None or pruning.score in STRUCTURED_SCORES:
+        if pruning.target_density is not None or score.kind == "structured":
             return
         kept = sum(int(m.numel()) for m in dense_mask(model).values())
         for level in range(1, levels):
@@ -96,7 +98,7 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
             previous = run.mask_for(level - 1, lambda: dense_mask(reference))
             target = None if pruning.target_density is None else pruning.target_density ** (level / (levels - 1))
             trained = run.load_state(level - 1, "final")
-            context = run.score_context(trained) if pruning.score in NETWORK_SCORES else None
+            context = run.score_context(trained) if score.needs_network else None
             return prune_by(pruning, trained, previous, out_layer, seed=derive_seed(config.training.seed, "prune", level),
                             target_density=target, context=context)
 
@@ -209,3 +211,102 @@ def run_train(config: Config, save_at: str = "", *, out: str | Path = "runs", da
     if progress:
         run.print_summary(entries)
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands: ``imp`` and ``lot`` are one algorithm with two ways of counting (levels / iterations)
+
+
+def _lottery_command(name: str, help: str, description: str, epilog: str,
+                     own_flags: Callable, to_levels: Callable) -> Command:
+    """An IMP/LOT command: its ``own_flags``, then ``to_levels(args)`` (checks them and sets
+    ``args.levels``), -R/--keep as the kept percentage, and ``run_imp``."""
+
+    def adjust(args) -> None:
+        to_levels(args)
+        keep_to_fraction(args)
+
+    def prepare(args):
+        return prepare_run(args, lambda config, **common: run_imp(config, args.levels, **common), adjust=adjust,
+                           finetune_allowed=True, check=lambda config: check_finetune(config, args.levels))
+
+    return Command(name, help, description, epilog, run_flags(own_flags), prepare)
+
+
+def _imp_flags(parser) -> None:
+    parser.add_argument("--levels", type=int, default=5,
+                        help="number of trained networks: level 0 is dense, each later level is pruned (default: 5)")
+    parser.add_argument("-R", "--keep", type=float, metavar="R",
+                        help="keep R%% of the remaining weights per level; same as --fraction 1-R/100")
+
+
+def _lot_flags(parser) -> None:
+    parser.add_argument("-I", "--iterations", type=int, default=4, metavar="I",
+                        help="pruning iterations; the run trains I + 1 networks (I = 1: one-shot) (default: 4)")
+    parser.add_argument("-R", "--keep", type=float, metavar="R",
+                        help="percent of the remaining weights kept at every iteration (default: 80, i.e. "
+                             "--fraction 0.2)")
+
+
+def _iterations_to_levels(args) -> None:
+    if args.iterations < 1:
+        raise UserError(f"-I (pruning iterations) must be at least 1, got {args.iterations}; "
+                        "for the dense network alone use `python -m training train`")
+    args.levels = args.iterations + 1
+
+
+IMP = _lottery_command(
+    "imp", "iterative magnitude pruning with rewinding (Frankle & Carbin)",
+    "Train, prune a fraction of the remaining weights, rewind the survivors to step k, repeat (Frankle & "
+    "Carbin's IMP; with k > 0, late rewinding). Writes a run folder with a checkpoint per level.",
+    f"""\
+examples:
+  python -m training imp                                  # demo: MNIST-1D CNN, 5 levels, 20% pruned per level
+  python -m training imp --levels 10 --rewind 2ep         # late rewinding / k-epoch warm-up (Tartaglione 2022, Alg. 2)
+  python -m training imp --keep 10 --levels 2             # one-shot: train, keep 10%, train the ticket (= lot -R 10 -I 1)
+  python -m training imp --preset resnet32_cifar10 --data-dir ~/datasets --device cuda
+  python -m training imp --score lamp --fraction 0.16     # LAMP pruning ({SAHU})
+  python -m training imp --target-density 0.2 --levels 2 --finetune 10   # prune once, fine-tune 10 epochs (Liu et al.)
+
+--levels counts trained networks (level 0 is dense), so --levels L prunes L - 1 times.
+--finetune E: each pruned level continues the previous level's trained weights for E epochs at
+--finetune-lr (default: the schedule's last rate) instead of rewinding (Han et al.; Liu et al.).
+Run the same command again to resume a killed run; add levels by raising --levels.
+""",
+    _imp_flags, lambda args: None)
+
+LOT = _lottery_command(
+    "lot", "I-LOT-R (Tartaglione 2022, Alg. 1/2): I pruning iterations keeping R%% each, rewinding to W^k",
+    "I-LOT-R with warm-up (" + TARTAGLIONE + ", Alg. 1 and 2): train the dense network from W^0, keeping W^k, "
+    "its weights after k steps (-k); then I times: keep the R% largest-magnitude remaining weights (-R), rewind "
+    "them to W^k, train them with the others held at zero. I = 1 is the one-shot experiment.",
+    f"""\
+examples:
+  python -m training lot -R 10 -I 1 -k 2ep     # 1-LOT: train, keep 10%, rewind to W^k, train the ticket
+  python -m training lot -R 80 -I 5            # 5 iterations keeping 80% each (density 0.8^5 = 33%)
+  python -m training lot --preset resnet32_cifar10 -R 25 -I 1 -k 5ep --device cuda
+
+I counts pruning iterations as in {TARTAGLIONE}:
+the run trains I + 1 networks (the dense one, then one ticket per iteration), so
+`lot -R R -I I` is `imp --keep R --levels I+1` and writes the same run folder.
+Run the same command again to resume; raise -I to add iterations.
+""",
+    _lot_flags, _iterations_to_levels)
+
+
+def _train_flags(parser) -> None:
+    parser.add_argument("--save-at", default="",
+                        help="extra checkpoints, e.g. '0,500it,2ep' (saved as level_0/step_<iteration>.pt)")
+
+
+TRAIN = Command(
+    "train", "plain dense training (a level-0 run)",
+    "Train the dense network once and save checkpoints at the given steps.",
+    """\
+examples:
+  python -m training train --save-at 0,1ep,2ep,5ep       # dense run with checkpoints for rewinding
+  python -m training train --model mnist1d_cnn --train-for 2000it
+""",
+    run_flags(_train_flags, ("dataset", "model", "training")),
+    lambda args: prepare_run(args, lambda config, **common: run_train(config, args.save_at, **common),
+                             sections=("dataset", "model", "training")))

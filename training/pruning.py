@@ -10,22 +10,29 @@ Scores (higher = more important):
 
 Only kept weights compete, so each new mask is nested in the previous one. Ties are broken by
 position (layer order, then flat index), so pruning is deterministic.
+
+``SCORES`` is the registry of every score ``--score`` accepts: the three above, the scores that
+need the network (SNIP, SynFlow: ``training.saliency``) and the structured ones that remove whole
+channels (L1-filter, network slimming: ``training.channels``). A new score is a function plus one
+``Score`` line there.
 """
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
+from .channels import bn_scale_scores, l1_filter_scores
 from .errors import UserError
 from .hparams import check_fraction
 from .masks import Mask
+from .saliency import ScoreContext, snip_scores, synflow_scores
 from .seeding import generator
 
 if TYPE_CHECKING:
     from .hparams import PruningHparams
-    from .saliency import ScoreContext
 
 Scores = dict[str, torch.Tensor]
 
@@ -55,13 +62,53 @@ def lamp_scores(weights: dict[str, torch.Tensor], mask: Mask, seed: int = 0) -> 
     return scores
 
 
-SCORES: dict[str, Callable[..., Scores]] = {
-    "magnitude": magnitude_scores,
-    "random": random_scores,
-    "lamp": lamp_scores,
+SCORE_KINDS = {
+    "weights": "from the weights alone: fn(weights, mask, seed) -> scores",
+    "network": "needs the network (and, for SNIP, data): fn(mask, ScoreContext) -> scores; pruning at "
+               "initialisation",
+    "structured": "whole channels (training.channels): fn(model, mask, channel pairs) -> one score per channel",
 }
-NETWORK_SCORES = ("snip", "synflow", "l1-filter", "slimming")  # need a ScoreContext (the network)
-STRUCTURED_SCORES = ("l1-filter", "slimming")  # remove whole channels (training.channels)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A pruning score (higher = more important): its ``name`` (``--score``), its ``kind`` (a key
+    of ``SCORE_KINDS``, which says how ``fn`` is called) and its function. ``rounds``: a network
+    score re-scored and pruned over ``ScoreContext.synflow_rounds`` rounds (SynFlow).
+    ``per_layer``: a structured score ranks channels within each layer, not across layers."""
+
+    name: str
+    kind: str
+    fn: Callable[..., object]
+    rounds: bool = False
+    per_layer: bool = False
+
+    @property
+    def needs_network(self) -> bool:
+        """Whether the score needs a ``ScoreContext`` (the network), not just the weights."""
+        return self.kind != "weights"
+
+
+SCORES: dict[str, Score] = {s.name: s for s in (
+    Score("magnitude", "weights", magnitude_scores),
+    Score("random", "weights", random_scores),
+    Score("lamp", "weights", lamp_scores),
+    Score("snip", "network", snip_scores),
+    Score("synflow", "network", synflow_scores, rounds=True),
+    Score("l1-filter", "structured", l1_filter_scores, per_layer=True),
+    Score("slimming", "structured", bn_scale_scores),
+)}
+NETWORK_SCORES = tuple(n for n, s in SCORES.items() if s.needs_network)  # need a ScoreContext (the network)
+STRUCTURED_SCORES = tuple(n for n, s in SCORES.items() if s.kind == "structured")  # remove whole channels
+
+
+def score_named(name: str, kind: Optional[str] = None) -> Score:
+    """The registered score ``name`` (of ``kind``, when given); ``UserError`` (one line) otherwise."""
+    known = [n for n, s in SCORES.items() if kind is None or s.kind == kind]
+    if name not in known:
+        what = "pruning score" if kind is None else f"{kind} score"
+        raise UserError(f"unknown {what} {name!r}; choose one of: {', '.join(known)}")
+    return SCORES[name]
 
 
 def _parse_layer_fractions(text: str) -> list[tuple[str, float]]:
@@ -149,51 +196,49 @@ def prune(weights: dict[str, torch.Tensor], mask: Mask, fraction: float, *, scor
     weights, so pruning schedules that end at the same density end at the same count.
     ``score="snip"`` or ``"synflow"`` needs ``context`` (the network, and data for SNIP).
     """
-    if score in NETWORK_SCORES:
-        return _prune_with_network(weights, mask, fraction, score, scope, output_name, output_fraction,
+    kind = score_named(score)
+    if kind.needs_network:
+        return _prune_with_network(weights, mask, fraction, kind, scope, output_name, output_fraction,
                                    layer_fractions, target_density, context)
     if target_density is not None:
         check_fraction(target_density, "target density")
         if output_fraction is not None or layer_fractions:
             raise UserError("a target density applies to every layer alike; drop --output-fraction and "
                             "--layer-fractions")
-    if score not in SCORES:
-        raise UserError(f"unknown pruning score {score!r}; choose one of: {', '.join([*SCORES, *NETWORK_SCORES])}")
     missing = [n for n in mask if n not in weights]
     if missing:
         raise UserError(f"weights for masked layers are missing: {', '.join(missing)}")
-    scores = SCORES[score](weights, mask, seed)
+    scores = kind.fn(weights, mask, seed)
     new_mask: Mask = {}
     for names, rate in layer_rates(mask, fraction, scope, output_name, output_fraction, layer_fractions):
         new_mask.update(prune_group(scores, mask, names, rate, target_density))
     return {n: new_mask[n] for n in mask}
 
 
-def _prune_with_network(weights, mask, fraction, score, scope, output_name, output_fraction, layer_fractions,
+def _prune_with_network(weights, mask, fraction, score: Score, scope, output_name, output_fraction, layer_fractions,
                         target_density, context) -> Mask:
     """SNIP in one shot; SynFlow over ``context.synflow_rounds`` rounds, each keeping
     round(kept0 * d^(r/R)) of every group, d the final density, so the end count is exact."""
-    from .saliency import snip_scores, synflow_scores
-
     if context is None:
-        raise UserError(f"the {score} score needs the network (and data); it cannot be computed from weights alone")
-    if score in STRUCTURED_SCORES:
+        raise UserError(f"the {score.name} score needs the network (and data); it cannot be computed from weights "
+                        "alone")
+    if score.kind == "structured":
         from .channels import prune_channels
 
         if target_density is not None or output_fraction is not None or layer_fractions:
             raise UserError("structured pruning takes --fraction (of the remaining channels) only")
         check_fraction(fraction, "pruning fraction")
-        return prune_channels(context.model, mask, fraction, score)
+        return prune_channels(context.model, mask, fraction, score.name)
     if target_density is not None and (output_fraction is not None or layer_fractions):
         raise UserError("a target density applies to every layer alike; drop --output-fraction and --layer-fractions")
     groups = layer_rates(mask, fraction, scope, output_name, output_fraction, layer_fractions)
     finals = {tuple(names): (1 - rate) for names, rate in groups}
     start = {tuple(names): sum(int(mask[n].sum()) for n in names) for names, _ in groups}
     sizes = {tuple(names): sum(mask[n].numel() for n in names) for names, _ in groups}
-    rounds = context.synflow_rounds if score == "synflow" else 1
+    rounds = context.synflow_rounds if score.rounds else 1
     current = dict(mask)
     for r in range(1, rounds + 1):
-        scores = (snip_scores if score == "snip" else synflow_scores)(current, context)
+        scores = score.fn(current, context)
         new: Mask = {}
         for names, _ in groups:
             key = tuple(names)

@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
+from .commands import TARTAGLIONE, Command, keep_to_fraction, prepare_run, run_flags
 from .hparams import Config, PruningHparams, check_pruning
 from .imp import train_level_zero
 from .masks import dense_mask, output_name
-from .pruning import NETWORK_SCORES, prune_by
+from .pruning import prune_by, score_named
 from .runs import Run, resolve_device
 from .seeding import derive_seed
 
@@ -25,10 +26,11 @@ def run_rise(config: Config, *, out: str | Path = "runs", data_dir: Optional[str
     pruning = config.pruning or PruningHparams()
     config.pruning = pruning
     check_pruning(pruning)
+    needs_network = score_named(pruning.score).needs_network
 
     def check(model) -> None:
         prune_by(pruning, dict(model.named_parameters()), dense_mask(model), output_name(model),
-                 score="magnitude" if pruning.score in NETWORK_SCORES else None)
+                 score="magnitude" if needs_network else None)
 
     run = Run(config, "rise", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end,
               validate=check)
@@ -38,7 +40,7 @@ def run_rise(config: Config, *, out: str | Path = "runs", data_dir: Optional[str
     if not run.level_done(1):
         def make_mask():
             trained = run.load_state(0, "final")
-            context = run.score_context(trained) if pruning.score in NETWORK_SCORES else None
+            context = run.score_context(trained) if needs_network else None
             return prune_by(pruning, trained, dense_mask(reference), output_name(reference),
                             seed=derive_seed(config.training.seed, "prune", 1), context=context)
 
@@ -58,3 +60,18 @@ def run_rise(config: Config, *, out: str | Path = "runs", data_dir: Optional[str
         run.print_summary(entries)
     return run
 
+
+def _flags(parser) -> None:
+    parser.add_argument("-R", "--keep", type=float, metavar="R",
+                        help="percent of the weights kept and trained (default: 20 unless --fraction is given)")
+
+
+RISE = Command(
+    "rise", "RISE-R (Tartaglione 2022, Alg. 3): retrain from W^k, non-kept weights frozen at W^k",
+    "RISE-R (" + TARTAGLIONE + ", Alg. 3): train dense, keep R% of the weights by magnitude, then train from "
+    "W^k updating only the kept weights while the others stay frozen at their W^k values (eq. 2).",
+    "examples:\n  python -m training rise -R 10 -k 2ep\n"
+    "  python -m training rise --fraction 0.75 -k 2ep      # the same as -R 25\n"
+    "  python -m training rise --preset resnet32_cifar10 -R 25 -k 5ep --device cuda",
+    run_flags(_flags),
+    lambda args: prepare_run(args, run_rise, adjust=lambda a: keep_to_fraction(a, default_keep=20.0)))

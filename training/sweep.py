@@ -36,7 +36,13 @@ from .errors import UserError
 BACKENDS = ("local", "ray", "slurm")
 EXTRAS = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}  # backend: (module, pyproject extra)
 ENVIRONMENT = ("LTH_DATA_DIR",)  # what a worker needs from this process's environment
-RUNNABLE = ("imp", "lot", "rise", "ticket-search", "at-init", "train", "control")
+
+
+def runnable() -> tuple[str, ...]:
+    """The commands a sweep can run: the registered ones marked ``sweepable``, in registry order."""
+    from .commands import registry
+
+    return tuple(c.name for c in registry() if c.sweepable)
 
 
 class _RaisingParser(ArgumentParser):
@@ -125,8 +131,8 @@ def plan(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = 
     bad point otherwise."""
     from .__main__ import make_parser, prepare
 
-    if command not in RUNNABLE:
-        raise UserError(f"a sweep runs one of {', '.join(RUNNABLE)}; got {command!r}")
+    if command not in runnable():
+        raise UserError(f"a sweep runs one of {', '.join(runnable())}; got {command!r}")
     if not grid:
         raise UserError("give at least one --grid FIELD=V1,V2,... to sweep over")
     parser = make_parser(_RaisingParser)
@@ -319,7 +325,7 @@ def make_parser() -> argparse.ArgumentParser:
                "  python -m training sweep at-init --grid score=snip,synflow,random --target-density 0.1\n"
                "\nwrites OUT/sweep-HASH.csv (OUT: the runs' --out, default runs): one row per run with its grid\n"
                "values, status, folder and final density and test accuracy; read it with pandas.read_csv.")
-    parser.add_argument("command", choices=RUNNABLE, help="the run command to sweep")
+    parser.add_argument("command", choices=runnable(), help="the run command to sweep")
     parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                         help="a flag and its values (repeat for a grid; the first varies slowest)")
     parser.add_argument("--backend", default="local", choices=BACKENDS,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from .checkpoint import atomic_write_text
+from .commands import SAHU, Command, prepare_run, run_flags
 from .errors import UserError
 from .hparams import Config, dumps
 from .imp import run_imp
@@ -51,3 +52,21 @@ def run_ticket_search(config: Config, stages: int = 5, replicates: int = 1, *, o
         print(f"index: {path}")
     index["path"] = str(path)
     return index
+
+
+def _flags(parser) -> None:
+    parser.add_argument("--stages", type=int, default=5, help="K, the number of train-prune-rewind stages (default 5)")
+    parser.add_argument("--replicates", type=int, default=1, help="independent searches, seeds seed..seed+N-1")
+
+
+TICKET_SEARCH = Command(
+    "ticket-search", "winning-ticket search (Sahu et al.): LAMP stages over replicate seeds",
+    "Winning-ticket search of " + SAHU + " (Alg. 1): K stages of train / prune 16% by LAMP / rewind to the "
+    "initial weights, with early stopping on a 10% validation split, repeated over --replicates seeds. Any flag "
+    "overrides those defaults.",
+    "examples:\n  python -m training ticket-search --replicates 3\n"
+    "  python -m training ticket-search --preset resnet32_cifar10 --stages 5 --replicates 50 --device cuda",
+    run_flags(_flags),
+    lambda args: prepare_run(
+        args, lambda config, **common: run_ticket_search(config, args.stages, args.replicates, **common),
+        defaults=DEFAULTS))
