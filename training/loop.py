@@ -1,12 +1,15 @@
 """The training loop: a few obvious lines per step, masks enforced after every step, metrics
-logged as training runs, and a resume state written at every epoch boundary."""
+logged as training runs, and a resume state written at every epoch boundary.
+
+What an algorithm adds to a step (extra loss terms, its own parameters and optimizers, hooks
+around the step) comes in through ``training.extensions.Extension``; the step stays the same."""
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,7 @@ from tqdm import tqdm
 from .checkpoint import atomic_save, safe_load
 from .data import Dataset, Split, TrainBatches, eval_batches
 from .errors import UserError
+from .extensions import BatchNormL1, Extension, ParamGroup
 from .hparams import TrainingHparams
 from .masks import Mask, MaskEnforcer
 from .metrics_log import MetricsLog
@@ -27,8 +31,10 @@ SCHEDULES = ("constant", "step", "cosine")
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
-def make_optimizer(model: nn.Module, hp: TrainingHparams) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(params: Iterable, hp: TrainingHparams) -> torch.optim.Optimizer:
+    """The optimizer ``hp`` names over ``params`` (tensors, or parameter-group dicts whose own
+    settings override ``hp``'s)."""
+    params = list(params)
     if hp.optimizer == "sgd":
         return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
                                weight_decay=hp.weight_decay)
@@ -101,6 +107,61 @@ class Schedule:
         return lr
 
 
+class Optimizers:
+    """The weights' optimizer (``hp``: every trainable model parameter that no extension claims,
+    plus the extensions' groups without an optimizer of their own) and the extensions' own
+    optimizers, stepped together; each parameter group's learning rate follows its schedule."""
+
+    def __init__(self, model: nn.Module, hp: TrainingHparams, schedule: Callable[[int], float],
+                 groups: Sequence[ParamGroup] = ()):
+        claimed = {id(p) for g in groups for p in g.params}
+        if len(claimed) != sum(len(g.params) for g in groups):
+            raise ValueError("a parameter is in more than one extension parameter group")
+        weights = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
+        main_groups, main_rates = ([{"params": weights}], [schedule]) if weights else ([], [])
+        for g in groups:
+            if g.optimizer is None:  # a group of the weights' optimizer; a fixed options["lr"] is kept
+                main_groups.append({"params": list(g.params), **g.options})
+                main_rates.append(g.lr or (None if "lr" in g.options else schedule))
+        self.main = make_optimizer(main_groups, hp) if main_groups else None
+        self.rates = [(group, rate) for group, rate in zip(self.main.param_groups if self.main else [], main_rates)
+                      if rate is not None]  # (parameter group, its learning rate at iteration t)
+        self.own: list[torch.optim.Optimizer] = []
+        for g in groups:
+            if g.optimizer is not None:
+                self.own.append(g.optimizer(list(g.params)))
+                self.rates += [(group, g.lr) for group in self.own[-1].param_groups if g.lr is not None]
+        self.all = ([self.main] if self.main else []) + self.own
+
+    def set_lr(self, t: int) -> None:
+        """Set every group's learning rate for the step from iteration ``t``."""
+        for group, rate in self.rates:
+            group["lr"] = rate(t)
+
+    def zero_grad(self) -> None:
+        for opt in self.all:
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for opt in self.all:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        """``optimizer``: the weights' optimizer (the key resume states always had); ``own_optimizers``."""
+        return {"optimizer": self.main.state_dict() if self.main else None,
+                "own_optimizers": [opt.state_dict() for opt in self.own]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.main is not None:
+            self.main.load_state_dict(state["optimizer"])
+        own = state.get("own_optimizers", [])
+        if len(own) != len(self.own):
+            raise UserError(f"the resume state has {len(own)} extension optimizers, this run has {len(self.own)}; "
+                            f"delete the level's state.pt to start the level again")
+        for opt, saved in zip(self.own, own):
+            opt.load_state_dict(saved)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
     """Return (mean cross-entropy loss in nats, accuracy in [0, 1]) of ``model`` on ``split``."""
@@ -162,7 +223,7 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
           save_points: Iterable[int] = (), on_save: Optional[Callable[[int], None]] = None,
           state_path: Optional[Path] = None, progress: bool = True,
           on_epoch_end: Optional[Callable[[int], None]] = None,
-          frozen: Optional[dict[str, torch.Tensor]] = None) -> dict:
+          frozen: Optional[dict[str, torch.Tensor]] = None, extensions: Sequence[Extension] = ()) -> dict:
     """Train ``model`` (already on the data's device) from iteration ``start`` to ``end``.
 
     Pruned weights (``mask``) stay exactly zero, or at ``frozen``'s values if given (RISE).
@@ -174,17 +235,21 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     ``on_save(t)`` runs after iteration ``t`` for each
     ``t`` in ``save_points``. With ``state_path``, a resume state is written at every epoch
     boundary and, if present, training continues from it. Returns the final metrics.
+
+    ``extensions`` add loss terms, parameter groups, optimizers and hooks to every step
+    (``training.extensions``); ``hp.bn_l1`` adds ``BatchNormL1`` after them.
     """
     batches = TrainBatches(data.train, hp.batch_size, hp.seed, data.augment)
     ipe = batches.iterations_per_epoch
     total, _, eval_every = check_lengths(hp, ipe)
     end = total if end is None else end
     schedule = Schedule.build(hp, ipe)
-    optimizer = make_optimizer(model, hp)
+    extensions = [*extensions, *([BatchNormL1(model, hp.bn_l1)] if hp.bn_l1 else [])]
+    for ext in extensions:
+        ext.begin(model, start=start, end=end, iterations_per_epoch=ipe)
+    optimizers = Optimizers(model, hp, schedule, [g for ext in extensions for g in ext.param_groups()])
     enforce = MaskEnforcer(model, mask, frozen)
     enforce()
-    bn_scales = [m.weight for m in model.modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None] if hp.bn_l1 else []
     save_points = set(save_points)
     hold_until = max(save_points, default=start)  # early stopping waits for the last save point
 
@@ -203,7 +268,9 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     if state_path is not None and state_path.exists():
         state = safe_load(state_path, "resume state")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizers.load_state_dict(state)
+        for ext, saved in zip(extensions, state.get("extensions", [])):
+            ext.load_state_dict(saved)
         t = int(state["iteration"])
         device = next(model.parameters()).device
         pending = [(l.to(device), c.to(device), int(n)) for l, c, n in state["pending"]]
@@ -255,15 +322,17 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
         epoch = t // ipe
         torch.manual_seed(derive_seed(hp.seed, "dropout", level, epoch))
         for x, y in batches.epoch(epoch, skip=t - epoch * ipe):
-            for group in optimizer.param_groups:
-                group["lr"] = schedule(t)
+            for ext in extensions:
+                ext.before_step(t)
+            optimizers.set_lr(t)
             out = model(x)
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for gamma in bn_scales:  # subgradient of bn_l1 * |gamma| (network slimming)
-                gamma.grad.add_(torch.sign(gamma.detach()), alpha=hp.bn_l1)
-            optimizer.step()
+            loss = F.cross_entropy(out, y)  # what is logged as train_loss
+            terms = [term for ext in extensions if (term := ext.loss()) is not None]
+            optimizers.zero_grad()
+            (loss + sum(terms) if terms else loss).backward()
+            optimizers.step()
+            for ext in extensions:
+                ext.after_step(t)
             enforce()
             pending.append((loss.detach(), (out.argmax(1) == y).sum(), len(y)))
             t += 1
@@ -283,7 +352,8 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
         if t % ipe == 0 and t < end and not stop:
             check_finite(t)
             if state_path is not None:
-                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": t,
+                atomic_save({"model": model.state_dict(), **optimizers.state_dict(), "iteration": t,
+                             "extensions": [ext.state_dict() for ext in extensions],
                              "pending": [(l.cpu(), c.cpu(), n) for l, c, n in pending],
                              "best": best.state() if best is not None else None}, state_path)
             if on_epoch_end is not None:

@@ -2,13 +2,18 @@
 
 Prunable by default: the weights of every convolution and linear layer. Biases and
 normalisation layers are never in a mask. The output layer is the last ``nn.Linear``.
+
+Two ways to apply a mask: ``MaskEnforcer`` zeroes the pruned weights after every step (IMP, LOT,
+RISE: fixed masks), and a ``WeightForm`` parametrization forms the effective weight from the raw
+weight and learned mask scores (``SigmoidMask``, ``TopKMask``: algorithms that learn their masks).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .errors import UserError
 
@@ -116,3 +121,154 @@ class MaskEnforcer:
             else:
                 for p, keep, value in zip(self.params, self.keep, self.frozen):
                     p.copy_(torch.where(keep, p, value))
+
+
+# --- Effective weights: how a layer's weight is formed from its parameters ----------------------
+#
+# An algorithm that learns its mask declares the function that forms a layer's effective weight
+# (w * m, w * sigmoid(beta * s), w * topk(|s|)) as a ``torch.nn.utils.parametrize`` parametrization:
+# the module's ``weight`` attribute is then that function of the raw weight (stored as
+# ``parametrizations.weight.original``) and of the form's own parameters (the mask scores), and the
+# network's code stays unchanged. IMP keeps ``MaskEnforcer`` (one multiply per step, no
+# parametrization); checkpoints always store the raw weights and the binary mask
+# (``plain_weights_and_mask``), so every analysis tool reads every algorithm's result.
+
+
+class WeightForm(nn.Module):
+    """A parametrization ``w -> effective weight``; ``binary()`` is the mask it stands for."""
+
+    def binary(self) -> torch.Tensor:
+        """The binary mask (bool, the weight's shape) that this form stands for: the ticket."""
+        raise NotImplementedError
+
+
+class FixedMask(WeightForm):
+    """``w * m`` for a fixed boolean ``m`` (the parametrized twin of ``MaskEnforcer``: the pruned
+    weights keep their raw values but never reach the forward pass, and get zero gradient)."""
+
+    def __init__(self, keep: torch.Tensor):
+        super().__init__()
+        self.register_buffer("keep", keep.to(torch.bool))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.keep
+
+    def binary(self) -> torch.Tensor:
+        return self.keep.clone()
+
+
+class SigmoidMask(WeightForm):
+    """``w * sigmoid(beta * s)`` with learned scores ``s`` (continuous sparsification, Savarese et al.,
+    "Winning the lottery with continuous sparsification"); the ticket is ``s > 0``.
+
+    ``beta`` (the temperature) is a plain attribute that a schedule sets before each step; it is
+    not saved, because a schedule is a function of the iteration."""
+
+    def __init__(self, scores: torch.Tensor, beta: float = 1.0):
+        super().__init__()
+        self.scores = nn.Parameter(scores.detach().clone())
+        self.beta = float(beta)
+
+    def soft(self) -> torch.Tensor:
+        """The soft mask sigmoid(beta * s), in [0, 1]."""
+        return torch.sigmoid(self.beta * self.scores)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.soft()
+
+    def binary(self) -> torch.Tensor:
+        return self.scores.detach() > 0
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: a 0/1 tensor; backward: the gradient passes unchanged (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, indicator: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return indicator.to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
+
+
+def top_k(scores: torch.Tensor, keep: float) -> torch.Tensor:
+    """Boolean mask of exactly ``round(keep * n)`` largest entries of ``scores`` (ties broken by ``torch.topk``)."""
+    k = round(keep * scores.numel())
+    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    out[torch.topk(scores.detach().flatten(), k, sorted=False).indices] = True
+    return out.view_as(scores)
+
+
+class TopKMask(WeightForm):
+    """``w * topk(|s|)``: the ``round(keep * n)`` weights of the layer with the largest |score| are used
+    (edge-popup, Ramanujan et al., "What's hidden in a randomly weighted neural network?"); the
+    gradient reaches the scores by the straight-through estimator through |s|. ``keep`` is the
+    fraction kept."""
+
+    def __init__(self, scores: torch.Tensor, keep: float):
+        super().__init__()
+        if not 0 < keep <= 1:
+            raise UserError(f"--keep must be in (0, 1], got {keep}")
+        self.scores = nn.Parameter(scores.detach().clone())
+        self.keep = float(keep)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        magnitude = self.scores.abs()
+        return w * _StraightThrough.apply(magnitude, top_k(magnitude, self.keep))
+
+    def binary(self) -> torch.Tensor:
+        return top_k(self.scores.detach().abs(), self.keep)
+
+
+def parametrize_weights(model: nn.Module, make: Callable[[str, torch.Tensor], WeightForm],
+                        names: Optional[Iterable[str]] = None) -> dict[str, WeightForm]:
+    """Make the effective weight of each of ``names`` (default: every prunable weight) ``make(name, w)``
+    applied to its raw weight ``w``; return the forms by weight name (``layer.weight``), in order."""
+    modules = dict(model.named_modules())
+    forms: dict[str, WeightForm] = {}
+    for name in (prunable_names(model) if names is None else names):
+        owner, _, attr = name.rpartition(".")
+        if owner not in modules or not hasattr(modules[owner], attr):
+            raise UserError(f"{name!r} is not a weight of the model")
+        module = modules[owner]
+        form = make(name, getattr(module, attr).detach())
+        parametrize.register_parametrization(module, attr, form)
+        forms[name] = form
+    return forms
+
+
+def weight_forms(model: nn.Module) -> dict[str, WeightForm]:
+    """The ``WeightForm`` of every parametrized weight of ``model``, by weight name."""
+    forms = {}
+    for owner, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for attr, chain in module.parametrizations.items():
+                for form in chain:
+                    if isinstance(form, WeightForm):
+                        forms[f"{owner}.{attr}" if owner else attr] = form
+    return forms
+
+
+def plain_weights_and_mask(model: nn.Module, zero_pruned: bool = False) -> tuple[dict[str, torch.Tensor], Mask]:
+    """The state dict of ``model`` as its unparametrized twin names it (raw weights ``w``, not the
+    effective ``w * mask``; the forms' own tensors, such as mask scores, left out) and the binary
+    mask over every prunable weight (True where no form masks it). ``zero_pruned`` sets the
+    weights outside the mask to exactly zero, the convention of checkpoints whose
+    ``masked_weights`` is ``"zero"``. Tensors are detached copies, on the model's device."""
+    forms = weight_forms(model)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        head, parametrized, tail = f".{key}".partition(".parametrizations.")
+        if not parametrized:
+            state[key] = value.detach().clone()
+        elif tail.endswith(".original"):  # the raw weight; the forms' own tensors are left out
+            state[f"{head}.{tail[: -len('.original')]}"[1:]] = value.detach().clone()
+    mask: Mask = {}
+    for name in prunable_names(model):
+        mask[name] = (forms[name].binary() if name in forms
+                      else torch.ones_like(state[name], dtype=torch.bool)).to(state[name].device)
+    if zero_pruned:
+        for name, keep in mask.items():
+            state[name].mul_(keep.to(state[name].dtype))
+    return state, mask
