@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 from training.checkpoint import atomic_write_text
 from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
-from training.data import DATASETS
+from training.data import DATASET_SPECS
 from training.errors import UserError
 from training.provenance import provenance
 
@@ -326,7 +326,7 @@ def read_index(index_path: str | Path) -> dict:
             raise UserError(f"{summary} is damaged; run the search command again to rewrite it") from None
         replicates.append({"run": str(run), "stages": stages})
     dataset = ((index.get("config") or {}).get("dataset") or {}).get("dataset")
-    classes = DATASETS.get(dataset, {}).get("classes") if isinstance(dataset, str) else None
+    classes = DATASET_SPECS[dataset].classes if isinstance(dataset, str) and dataset in DATASET_SPECS else None
     model = ((index.get("config") or {}).get("model") or {}).get("model")
     return {"runs": [r["run"] for r in replicates], "replicates": replicates, "num_classes": classes,
             "model": model if isinstance(model, str) else None}

@@ -255,8 +255,6 @@ DATASET_SPECS: dict[str, DatasetSpec] = {d.name: d for d in (
     DatasetSpec("cifar10", lambda folder, hp: _read_cifar(folder, "cifar10"), 10, (3, 32, 32), augment=True),
     DatasetSpec("cifar100", lambda folder, hp: _read_cifar(folder, "cifar100"), 100, (3, 32, 32), augment=True),
 )}
-# the same facts as plain dicts, for callers that read DATASETS[name]["classes"]
-DATASETS = {name: {"classes": d.classes, "augment": d.augment, "shape": d.shape} for name, d in DATASET_SPECS.items()}
 
 
 def dataset_spec(name: str) -> DatasetSpec:

@@ -13,13 +13,21 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import UserError
 
 
-def _f(default: Any, help: str, choices: Optional[list[str]] = None) -> Any:
+def _f(default: Any, help: str, choices: Optional[list[str] | Callable[[], list[str]]] = None) -> Any:
+    """A hyperparameter field: its default, its help text and its choices (a list, or a function
+    returning one when the choices come from a registry)."""
     return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _score_names() -> list[str]:
+    from .pruning import SCORES
+
+    return list(SCORES)
 
 
 @dataclass
@@ -65,7 +73,7 @@ class TrainingHparams:
 @dataclass
 class PruningHparams:
     score: str = _f("magnitude", "pruning score; snip and synflow score the network; l1-filter and slimming "
-                    "remove whole channels", ["magnitude", "random", "lamp", "snip", "synflow", "l1-filter", "slimming"])
+                    "remove whole channels", lambda: list(_score_names()))
     fraction: float = _f(0.2, "fraction of the remaining prunable weights removed per level, in (0, 1)")
     scope: str = _f("global", "rank scores across all layers or within each layer", ["global", "layerwise"])
     output_fraction: Optional[float] = _f(
@@ -193,8 +201,9 @@ def add_flags(parser: argparse.ArgumentParser, section_names: list[str]) -> None
             else:
                 base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
                 kwargs["type"] = finite_float if base is float else base
-                if f.metadata.get("choices"):
-                    kwargs["choices"] = f.metadata["choices"]
+                choices = f.metadata.get("choices")
+                if choices:
+                    kwargs["choices"] = choices() if callable(choices) else choices
             group.add_argument(*([SHORT_FLAGS[f.name]] if f.name in SHORT_FLAGS else []), _flag(f.name), **kwargs)
 
 
