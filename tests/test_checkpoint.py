@@ -140,3 +140,32 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     (tmp_path / "b.json").write_text("{}")
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
     assert mode(tmp_path / "a.json") == mode(tmp_path / "b.json")
+
+
+def test_a_learned_mask_model_is_stored_as_plain_weights_and_its_binary_mask(tmp_path, data_dir):
+    """Every algorithm's checkpoint reads like IMP's: raw weights under the plain model's names,
+    zero outside the mask, and the mask s > 0 (ANDed with a given mask); load() rebuilds it."""
+    from training.hparams import DatasetHparams
+    from training.masks import SigmoidMask, parametrize_weights
+    from training.models import build_model
+    from training.checkpoint import make_checkpoint
+
+    model = build_model("mnist1d_mlp", 10, (1, 40), 0)
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(1)
+    forms = parametrize_weights(model, lambda name, w: SigmoidMask(torch.randn(w.shape, generator=gen)))
+    given = {name: torch.ones_like(f.scores, dtype=torch.bool) for name, f in forms.items()}
+    first = next(iter(given))
+    given[first][0] = False  # a given mask still counts
+    ckpt = make_checkpoint(model, model_name="mnist1d_mlp", num_classes=10, input_shape=(1, 40), seed=0,
+                           dataset=DatasetHparams(mnist1d_samples=500), mask=given, iteration=0,
+                           iterations_per_epoch=1, meta={"masked_weights": "zero"})
+    assert set(ckpt["state_dict"]) == set(raw)
+    for name, form in forms.items():
+        expected = (form.scores.detach() > 0) & given[name]
+        assert torch.equal(ckpt["mask"][name], expected)
+        assert torch.equal(ckpt["state_dict"][name], torch.where(expected, raw[name], torch.zeros(())))
+    path = tmp_path / "learned.pt"
+    atomic_save(ckpt, path)
+    loaded = load(path)
+    assert set(loaded.model.state_dict()) == set(raw)

@@ -35,7 +35,7 @@ from torch import nn
 from .data import Dataset, load_dataset
 from .errors import UserError
 from .hparams import DatasetHparams
-from .masks import Mask, apply_mask, check_mask, density
+from .masks import Mask, apply_mask, check_mask, density, plain_weights_and_mask, weight_forms
 from .models import build_model
 
 FORMAT = "lth-toolkit/checkpoint"
@@ -197,14 +197,27 @@ def safe_load(path: Path, what: str = "checkpoint") -> Any:
 def make_checkpoint(model: nn.Module, *, model_name: str, num_classes: int, input_shape: tuple[int, ...],
                     seed: int, dataset: DatasetHparams, mask: Optional[Mask], iteration: int,
                     iterations_per_epoch: int, meta: dict) -> dict:
-    """Build the checkpoint dict for ``model`` at ``iteration``."""
+    """Build the checkpoint dict for ``model`` at ``iteration``.
+
+    A model whose weights are formed by learned masks (``training.masks.WeightForm``) is stored as
+    every checkpoint is: its raw weights under the plain model's names (zero outside the mask unless
+    ``meta["masked_weights"]`` says otherwise) and the binary mask, ANDed with ``mask``, so that every
+    tool reads it."""
+    if weight_forms(model):
+        state, learned = plain_weights_and_mask(model)
+        mask = learned if mask is None else {k: mask[k].to(learned[k].device) & learned[k] for k in mask}
+        if meta.get("masked_weights", "zero") == "zero":
+            state.update({k: torch.where(m, state[k], torch.zeros((), dtype=state[k].dtype, device=state[k].device))
+                          for k, m in mask.items()})
+    else:
+        state = model.state_dict()
     return {
         "format": FORMAT,
         "version": VERSION,
         "model": {"name": model_name, "num_classes": int(num_classes), "input_shape": list(input_shape),
                   "seed": int(seed)},
         "dataset": {"name": dataset.dataset, "hparams": dict(vars(dataset))},
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()},
         "mask": None if mask is None else {k: v.detach().cpu().clone() for k, v in mask.items()},
         "step": {"iteration": int(iteration), "epoch": iteration / iterations_per_epoch,
                  "iterations_per_epoch": int(iterations_per_epoch)},

@@ -31,7 +31,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ from .cost import training_cost
 from .data import Dataset, load_dataset
 from .errors import UserError
 from .hparams import Config, TrainingHparams, dumps
+from .extensions import Extension
 from .loop import check_lengths, train
 from .masks import Mask, check_mask, count
 from .metrics_log import MetricsLog
@@ -365,10 +366,12 @@ class Run:
     def train_level(self, level: int, model: nn.Module, mask: Optional[Mask], start: int,
                     save_points: Iterable[int] = (), on_save: Optional[Callable[[int], None]] = None,
                     frozen: Optional[dict[str, torch.Tensor]] = None, hp: Optional[TrainingHparams] = None,
-                    end: Optional[int] = None, meta: Optional[dict] = None) -> dict:
+                    end: Optional[int] = None, meta: Optional[dict] = None,
+                    extensions: Sequence[Extension] = ()) -> dict:
         """Train ``model`` from ``start`` to ``end`` (default: the run's end) with ``hp`` (default: the
-        run's training hyperparameters), resuming from ``level_L/state.pt`` if present; write
-        ``final.pt`` (with ``meta`` added to its metadata) and return its metrics.
+        run's training hyperparameters) and an algorithm's ``extensions`` (``training.extensions``),
+        resuming from ``level_L/state.pt`` if present; write ``final.pt`` (with ``meta`` added to
+        its metadata) and return its metrics.
 
         Weights outside ``mask`` are held at zero, or at ``frozen``'s values (RISE)."""
         if mask is not None:
@@ -378,7 +381,8 @@ class Run:
         state = self.level_dir(level) / "state.pt"
         metrics = train(model, self.data, hp, start=start, end=end, mask=mask,
                         log=self.log, level=level, save_points=save_points, on_save=on_save, state_path=state,
-                        progress=self.progress, on_epoch_end=self.on_epoch_end, frozen=frozen)
+                        progress=self.progress, on_epoch_end=self.on_epoch_end, frozen=frozen,
+                        extensions=extensions)
         results = {k: v for k, v in metrics.items() if k.startswith(("test_", "val_", "train_"))}
         results["stopped_at"] = metrics["stopped_at"]
         cost = training_cost(model, self.data.input_shape, mask, start, metrics["stopped_at"], len(self.data.train),
