@@ -10,6 +10,8 @@ from typing import Optional, Sequence
 from training.cli import ArgumentParser, check_threads, run_command, set_threads, writable_dir
 from training.errors import UserError
 
+from training.sweep import add_backend_flags, backend_options, check_backend
+
 from .core import SCALE_HELP, SCALES, Context, Figure, FigureError, write_outputs
 
 EPILOG = """\
@@ -39,13 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="folder for the figures and the gallery (default: gallery/SCALE)")
     parser.add_argument("--runs", default="runs", help="folder of the run folders, shared with `python -m training` "
                         "(default: runs)")
-    parser.add_argument("--backend", default="local", choices=("local", "ray", "slurm"),
-                        help="where runs execute: this process one after another (default), Ray tasks, "
-                             "or Slurm jobs through submitit")
-    parser.add_argument("--ray-address", help="with --backend ray: join this cluster (default: start Ray here)")
-    parser.add_argument("--cpus-per-run", type=float, default=1, help="with ray/slurm: CPUs per run (default 1)")
-    parser.add_argument("--gpus-per-run", type=float, default=0,
-                        help="with ray/slurm: GPUs per run, fractions allowed on Ray (default 0)")
+    add_backend_flags(parser)  # where runs execute: this process, Ray tasks or Slurm jobs, as for sweeps
     parser.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--threads", type=int, default=1,
@@ -77,17 +73,6 @@ def choose(what: Sequence[str], known: dict[str, Figure]) -> list[Figure]:
     return [known[w] for w in dict.fromkeys(what)]
 
 
-def check_backend(backend: str) -> None:
-    from training.sweep import EXTRAS
-
-    if backend in EXTRAS:
-        module, extra = EXTRAS[backend]
-        try:
-            __import__(module)
-        except ImportError:
-            raise UserError(f"--backend {backend} needs {module}: pip install 'lth-toolkit[{extra}]'") from None
-
-
 def check_paper_data(chosen: Sequence[Figure], data_dir: Optional[str]) -> None:
     """At the paper scale, read every dataset the figures need now, not after hours of runs."""
     from training.data import load_dataset
@@ -113,6 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_backend(args.backend)
         if not args.cpus_per_run > 0 or not args.gpus_per_run >= 0:
             raise UserError("--cpus-per-run must be positive and --gpus-per-run non-negative")
+        if args.timeout_min < 1:
+            raise UserError(f"--timeout-min must be at least 1, got {args.timeout_min}")
         out = writable_dir(args.out or Path("gallery") / args.scale)
         runs = writable_dir(args.runs, flag="--runs")
         if args.scale == "paper":
@@ -123,10 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         failed: list[tuple[Figure, str]] = []
         for i, figure in enumerate(chosen, 1):
             print(f"[{i}/{len(chosen)}] {figure.name}: {figure.title}", file=sys.stderr, flush=True)
-            ctx = Context(scale=args.scale, runs=runs, backend=args.backend, data_dir=args.data_dir,
-                          device=args.device, threads=args.threads, progress=not args.no_progress,
-                          ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
-                          gpus_per_run=args.gpus_per_run)
+            ctx = Context(scale=args.scale, runs=runs, data_dir=args.data_dir, device=args.device,
+                          threads=args.threads, progress=not args.no_progress, backend=backend_options(args))
             start = time.perf_counter()
             try:
                 result = figure.make(ctx)

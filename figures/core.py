@@ -73,14 +73,11 @@ class Context:
 
     scale: str = "small"
     runs: Path = Path("runs")
-    backend: str = "local"
     data_dir: Optional[str] = None
     device: str = "auto"
     threads: Optional[int] = None
     progress: bool = True
-    ray_address: Optional[str] = None
-    cpus_per_run: float = 1
-    gpus_per_run: float = 0
+    backend: dict = field(default_factory=lambda: {"backend": "local"})  # run_grid's backend options
     used: dict = field(default_factory=dict)  # run folder -> its config.json
 
     def pick(self, tiny: Any, small: Any, paper: Any) -> Any:
@@ -106,9 +103,8 @@ class Context:
 
         if not grid:  # one run: a grid of one point over a flag the command always has
             grid = {"device": [self.device]}
-        runs, _ = run_grid(command, grid, [*base, *self.common_flags(command)], backend=self.backend,
-                           progress=self.progress, ray_address=self.ray_address,
-                           cpus_per_run=self.cpus_per_run, gpus_per_run=self.gpus_per_run)
+        runs, _ = run_grid(command, grid, [*base, *self.common_flags(command)], progress=self.progress,
+                           **self.backend)
         for r in runs:
             if r.status != "done":
                 raise FigureError(f"the run `{' '.join(r.argv)}` failed: {r.error}")

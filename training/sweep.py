@@ -171,6 +171,16 @@ def write_index(runs: Sequence[SweepRun], path: Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+def check_backend(backend: str) -> None:
+    """``UserError`` naming the pip command when ``backend`` needs an optional extra that is missing."""
+    if backend in EXTRAS:
+        module, extra = EXTRAS[backend]
+        try:
+            __import__(module)
+        except ImportError:
+            raise UserError(f"--backend {backend} needs {module}: pip install 'lth-toolkit[{extra}]'") from None
+
+
 def run_grid(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = (), *,
              backend: str = "local", progress: bool = True, ray_address: Optional[str] = None,
              cpus_per_run: float = 1, gpus_per_run: float = 0, slurm_partition: Optional[str] = None,
@@ -186,12 +196,7 @@ def run_grid(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str
     if not cpus_per_run > 0 or not gpus_per_run >= 0:
         raise UserError(f"--cpus-per-run must be positive and --gpus-per-run non-negative, got "
                         f"{cpus_per_run} and {gpus_per_run}")
-    if backend in EXTRAS:
-        module, extra = EXTRAS[backend]
-        try:
-            __import__(module)
-        except ImportError:
-            raise UserError(f"--backend {backend} needs {module}: pip install 'lth-toolkit[{extra}]'") from None
+    check_backend(backend)
     runs = plan(command, grid, base)
     path = index_path(command, grid, base)
     write_index(runs, path)
@@ -312,6 +317,27 @@ def print_table(runs: Sequence[SweepRun], path: Path) -> None:
           + f"; index: {path}")
 
 
+def add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose where runs execute (``--backend`` and its options), shared by
+    ``python -m training sweep`` and ``python -m figures``; ``backend_options`` reads them back."""
+    parser.add_argument("--backend", default="local", choices=BACKENDS,
+                        help="where the runs execute: local = this process, one after another (default); "
+                             "ray = Ray tasks; slurm = Slurm jobs through submitit (its local executor where "
+                             "no Slurm is found)")
+    parser.add_argument("--ray-address", help="with --backend ray: join this cluster (default: start Ray here)")
+    parser.add_argument("--cpus-per-run", type=float, default=1, help="CPUs of each Ray task or Slurm job (default 1)")
+    parser.add_argument("--gpus-per-run", type=float, default=0,
+                        help="GPUs of each run; Ray accepts fractions (0.25: four small runs per GPU) (default 0)")
+    parser.add_argument("--slurm-partition", help="with --backend slurm: the partition to submit to")
+    parser.add_argument("--timeout-min", type=int, default=240, help="with --backend slurm: minutes per job (default 240)")
+
+
+def backend_options(args: argparse.Namespace) -> dict:
+    """``run_grid``'s keyword arguments from the flags of ``add_backend_flags``."""
+    return dict(backend=args.backend, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
+                gpus_per_run=args.gpus_per_run, slurm_partition=args.slurm_partition, timeout_min=args.timeout_min)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m training sweep",
@@ -328,16 +354,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("command", choices=runnable(), help="the run command to sweep")
     parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                         help="a flag and its values (repeat for a grid; the first varies slowest)")
-    parser.add_argument("--backend", default="local", choices=BACKENDS,
-                        help="where the runs execute: local = this process, one after another (default); "
-                             "ray = Ray tasks; slurm = Slurm jobs through submitit (its local executor where "
-                             "no Slurm is found)")
-    parser.add_argument("--ray-address", help="with --backend ray: join this cluster (default: start Ray here)")
-    parser.add_argument("--cpus-per-run", type=float, default=1, help="CPUs of each Ray task or Slurm job (default 1)")
-    parser.add_argument("--gpus-per-run", type=float, default=0,
-                        help="GPUs of each run; Ray accepts fractions (0.25: four small runs per GPU) (default 0)")
-    parser.add_argument("--slurm-partition", help="with --backend slurm: the partition to submit to")
-    parser.add_argument("--timeout-min", type=int, default=240, help="with --backend slurm: minutes per job (default 240)")
+    add_backend_flags(parser)
     return parser
 
 
@@ -349,10 +366,7 @@ def main(argv: Sequence[str]) -> int:
     progress = "--no-progress" not in base
 
     def body() -> int:
-        runs, path = run_grid(args.command, parse_grid(args.grid), base, backend=args.backend, progress=progress,
-                              ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
-                              gpus_per_run=args.gpus_per_run, slurm_partition=args.slurm_partition,
-                              timeout_min=args.timeout_min)
+        runs, path = run_grid(args.command, parse_grid(args.grid), base, progress=progress, **backend_options(args))
         print_table(runs, path)
         return 1 if any(r.status == "failed" for r in runs) else 0
 
