@@ -64,3 +64,12 @@ def test_help_and_list_run_as_modules():
         assert done.returncode == 0, done.stderr
         outputs[argv[0]] = done.stdout
     assert "--rewind" in outputs["imp"] and "--save-at" in outputs["train"] and "mnist1d_demo" in outputs["list"]
+
+
+def test_the_run_folder_is_the_last_line_even_without_progress(tmp_path, data_dir, capsys):
+    """A script running with --no-progress can still read which folder the run wrote."""
+    argv = ["imp", "--out", str(tmp_path), "--data-dir", data_dir, "--model", "mnist1d_mlp", "--mnist1d-samples",
+            "500", "--train-for", "1ep", "--batch-size", "50", "--levels", "1", "--no-progress"]
+    assert main(argv) == 0
+    (folder,) = tmp_path.glob("imp-*")
+    assert capsys.readouterr().out.splitlines() == [f"run folder: {folder}"]

@@ -54,7 +54,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _run(command: str, args: argparse.Namespace) -> None:
-    prepare(command, args)()
+    result = prepare(command, args)()
+    # the last line names what the command wrote, with or without --no-progress, so that a script
+    # can find it (progress bars and tables go before it)
+    if isinstance(result, dict) and result.get("path"):
+        print(f"index: {result['path']}")
+    elif hasattr(result, "dir"):
+        print(f"run folder: {result.dir}")
 
 
 def prepare(command: str, args: argparse.Namespace) -> Callable[[], Any]:

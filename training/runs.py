@@ -447,5 +447,4 @@ class Run:
             if has_val:
                 line += f"  {100 * e.get('val_accuracy', float('nan')):>7.2f}%"
             print(line + f"  {e['cumulative_backprop_macs']:>26.3e}")
-        print(f"run folder: {self.dir}")
 

@@ -49,7 +49,6 @@ def run_ticket_search(config: Config, stages: int = 5, replicates: int = 1, *, o
             accs = [100 * rep["stages"][k]["test_accuracy"] for rep in runs]
             spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
             print(f"{k:>5}  {100 * runs[0]['stages'][k]['density']:>7.2f}%  {statistics.mean(accs):>30.2f}% +- {spread:.2f}")
-        print(f"index: {path}")
     index["path"] = str(path)
     return index
 
