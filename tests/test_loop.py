@@ -107,3 +107,29 @@ def test_nan_mid_run_keeps_the_last_good_state(data_dir, tmp_path):
     saved = torch.load(state, weights_only=True)
     assert saved["iteration"] == 20  # the epoch boundary before the bad step
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+@pytest.mark.parametrize("schedule", [dict(schedule="cosine"), dict(schedule="step", milestones="2ep", gamma=0.1)])
+def test_a_resume_keeps_following_the_schedule(data_dir, tmp_path, schedule):
+    """A run killed at an epoch boundary and resumed from its state.pt ends bit-identical to an
+    uninterrupted one when the learning rate changes over time (the rate must not stay at the
+    value it had when the state was saved)."""
+    cfg = tiny_config(train_for="4ep", momentum=0.9, **schedule)
+    data = load_dataset(cfg.dataset)
+    whole = build_model("mnist1d_mlp", 10, data.input_shape, seed=0)
+    train(whole, data, cfg.training, progress=False)
+
+    class Kill(Exception):
+        pass
+
+    def kill(epoch: int) -> None:
+        if epoch == 1:
+            raise Kill
+
+    state = tmp_path / "state.pt"
+    model = build_model("mnist1d_mlp", 10, data.input_shape, seed=0)
+    with pytest.raises(Kill):
+        train(model, data, cfg.training, state_path=state, progress=False, on_epoch_end=kill)
+    resumed = build_model("mnist1d_mlp", 10, data.input_shape, seed=0)
+    train(resumed, data, cfg.training, state_path=state, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))

@@ -124,19 +124,20 @@ class Optimizers:
                 main_groups.append({"params": list(g.params), **g.options})
                 main_rates.append(g.lr or (None if "lr" in g.options else schedule))
         self.main = make_optimizer(main_groups, hp) if main_groups else None
-        self.rates = [(group, rate) for group, rate in zip(self.main.param_groups if self.main else [], main_rates)
-                      if rate is not None]  # (parameter group, its learning rate at iteration t)
+        # (optimizer, group index, its learning rate at iteration t): by index, because
+        # load_state_dict replaces an optimizer's parameter-group dicts
+        self.rates = [(self.main, i, rate) for i, rate in enumerate(main_rates) if rate is not None]
         self.own: list[torch.optim.Optimizer] = []
         for g in groups:
             if g.optimizer is not None:
                 self.own.append(g.optimizer(list(g.params)))
-                self.rates += [(group, g.lr) for group in self.own[-1].param_groups if g.lr is not None]
+                self.rates += [(self.own[-1], i, g.lr) for i in range(len(self.own[-1].param_groups)) if g.lr is not None]
         self.all = ([self.main] if self.main else []) + self.own
 
     def set_lr(self, t: int) -> None:
         """Set every group's learning rate for the step from iteration ``t``."""
-        for group, rate in self.rates:
-            group["lr"] = rate(t)
+        for opt, i, rate in self.rates:
+            opt.param_groups[i]["lr"] = rate(t)
 
     def zero_grad(self) -> None:
         for opt in self.all:
