@@ -54,10 +54,11 @@ class Command:
 
 def registry() -> list[Command]:
     """Every command of ``python -m training``, in the order ``--help`` lists them."""
-    from . import at_init, controls, imp, rise, ticket_search
+    from . import at_init, continuous_sparsification, controls, edge_popup, imp, rise, ticket_search
+    from . import run_index
 
-    return [imp.IMP, imp.LOT, rise.RISE, ticket_search.TICKET_SEARCH, at_init.AT_INIT, imp.TRAIN,
-            controls.CONTROL, LIST, SWEEP]
+    return [imp.IMP, imp.LOT, rise.RISE, continuous_sparsification.CS, edge_popup.EDGE_POPUP,
+            ticket_search.TICKET_SEARCH, at_init.AT_INIT, imp.TRAIN, controls.CONTROL, run_index.RUNS, LIST, SWEEP]
 
 
 def find(name: str, commands: Optional[Sequence[Command]] = None) -> Command:

@@ -31,6 +31,30 @@ PRESETS: dict[str, dict] = {
             "layer_fractions": "features.*=0.15", "augment": False,
         },
     },
+    "cs_conv6_cifar10": {
+        "source": "Savarese et al., \"Winning the lottery with continuous sparsification\", sec. 4.1: continuous "
+        "sparsification on Conv-6, CIFAR-10; weights and masks by Adam 3e-4, batch 60, 40 epochs per round, beta to "
+        "100, lambda 1e-10, up to 4 rounds, tickets from W^0; s_0 is swept over [-0.03, 0.03] (here 0: vary "
+        "--mask-init)",
+        "fields": {
+            "dataset": "cifar10", "model": "conv6", "optimizer": "adam", "lr": 3e-4, "batch_size": 60,
+            "train_for": "40ep", "augment": False, "mask_optimizer": "adam", "mask_lr": 3e-4, "beta_final": 100.0,
+            "penalty": 1e-10, "mask_init": 0.0, "rounds": 4, "search_rewind": True, "rewind": "0",
+        },
+    },
+    "cs_resnet18_cifar10": {
+        "source": "Savarese et al., \"Winning the lottery with continuous sparsification\", sec. 4.2: continuous "
+        "sparsification on ResNet-18, CIFAR-10; SGD 0.1, momentum 0.9, batch 128, 85 epochs per round decayed x0.1 "
+        "at 56 and 71, weight decay 1e-4 on the weights only, masks by SGD on the weights' schedule, beta to 200, "
+        "lambda 1e-8, 5 rounds without rewinding, 1x1 shortcuts and output layer dense, tickets from epoch 2; s_0 "
+        "sets the sparsity (here 0, the authors' code's default)",
+        "fields": {
+            "dataset": "cifar10", "model": "resnet18", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+            "batch_size": 128, "train_for": "85ep", "schedule": "step", "milestones": "56ep,71ep", "gamma": 0.1,
+            "weight_decay": 1e-4, "mask_optimizer": "sgd", "beta_final": 200.0, "penalty": 1e-8, "mask_init": 0.0,
+            "rounds": 5, "search_rewind": False, "rewind": "2ep", "dense_layers": "*shortcut*,fc.weight",
+        },
+    },
     "resnet32_cifar10": {
         "source": "Tartaglione 2022, \"The rise of the lottery heroes\", sec. 2: ResNet-32 on CIFAR-10, 180 epochs, SGD lr 0.1 decayed x0.1 at "
         "epochs 80 and 120, momentum 0.9, batch 100, weight decay 5e-5",

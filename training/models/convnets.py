@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import UserError
-from . import flat_features, image_shape, register
+from . import flat_features, image_shape, register, register_scalable, scaled
 
 
 class ConvNet(nn.Module):
@@ -28,29 +28,29 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register("mnist1d_cnn")
-def mnist1d_cnn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """A 1-D CNN for MNIST-1D: three stride-2 convolutions of 32 channels, then a linear layer."""
+@register_scalable("mnist1d_cnn")
+def mnist1d_cnn(num_classes: int, input_shape: tuple[int, ...], width: float = 1.0) -> nn.Module:
+    """A 1-D CNN for MNIST-1D: three stride-2 convolutions of 32 channels (times the width multiplier), then a linear layer."""
     if len(input_shape) != 2:
         raise UserError(f"model 'mnist1d_cnn' needs 1-D input (channels, length), got {tuple(input_shape)}")
-    c = input_shape[0]
+    c, w = input_shape[0], scaled(32, width)
     features = nn.Sequential(
-        nn.Conv1d(c, 32, 5, stride=2, padding=2), nn.ReLU(),
-        nn.Conv1d(32, 32, 5, stride=2, padding=2), nn.ReLU(),
-        nn.Conv1d(32, 32, 5, stride=2, padding=2), nn.ReLU(),
+        nn.Conv1d(c, w, 5, stride=2, padding=2), nn.ReLU(),
+        nn.Conv1d(w, w, 5, stride=2, padding=2), nn.ReLU(),
+        nn.Conv1d(w, w, 5, stride=2, padding=2), nn.ReLU(),
     )
     return ConvNet(features, input_shape, [], num_classes)
 
 
-@register("mnist1d_cnn_bn")
-def mnist1d_cnn_bn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+@register_scalable("mnist1d_cnn_bn")
+def mnist1d_cnn_bn(num_classes: int, input_shape: tuple[int, ...], width: float = 1.0) -> nn.Module:
     """mnist1d_cnn with a batch norm after every convolution (before its ReLU): network slimming runs on it."""
     if len(input_shape) != 2:
         raise UserError(f"model 'mnist1d_cnn_bn' needs 1-D input (channels, length), got {tuple(input_shape)}")
-    c = input_shape[0]
+    c, w = input_shape[0], scaled(32, width)
     layers: list[nn.Module] = []
-    for cin in (c, 32, 32):
-        layers += [nn.Conv1d(cin, 32, 5, stride=2, padding=2), nn.BatchNorm1d(32), nn.ReLU()]
+    for cin in (c, w, w):
+        layers += [nn.Conv1d(cin, w, 5, stride=2, padding=2), nn.BatchNorm1d(w), nn.ReLU()]
     return ConvNet(nn.Sequential(*layers), input_shape, [], num_classes)
 
 
@@ -76,14 +76,16 @@ def _conv_blocks(in_channels: int, widths: list[int]) -> nn.Sequential:
 
 
 def _conv_n(blocks: int):
-    def build(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    def build(num_classes: int, input_shape: tuple[int, ...], width: float = 1.0) -> nn.Module:
         c, _, _ = image_shape(f"conv{2 * blocks}", input_shape)
-        return ConvNet(_conv_blocks(c, [64, 128, 256][:blocks]), input_shape, [256, 256], num_classes)
+        return ConvNet(_conv_blocks(c, [scaled(n, width) for n in [64, 128, 256][:blocks]]), input_shape,
+                       [scaled(256, width)] * 2, num_classes)
 
     build.__doc__ = (f"Conv-{2 * blocks} (Savarese et al. 2020, sec. 4.1, after Frankle & Carbin): "
-                     f"{blocks} block(s) of two 3x3 convs + 2x2 max-pool (64/128/256 channels), then 256-256 fully connected.")
+                     f"{blocks} block(s) of two 3x3 convs + 2x2 max-pool (64/128/256 channels), then 256-256 fully connected "
+                     f"(every hidden size times the width multiplier).")
     return build
 
 
 for _blocks in (1, 2, 3):
-    register(f"conv{2 * _blocks}")(_conv_n(_blocks))
+    register_scalable(f"conv{2 * _blocks}")(_conv_n(_blocks))

@@ -5,7 +5,7 @@ import math
 
 from torch import nn
 
-from . import register
+from . import register, register_scalable, scaled
 
 
 def _mlp(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential:
@@ -18,10 +18,10 @@ def _mlp(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
-@register("mnist1d_mlp")
-def mnist1d_mlp(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """Greydanus (2020)'s MNIST-1D MLP: two hidden layers of 100 ReLU units."""
-    return _mlp(math.prod(input_shape), [100, 100], num_classes)
+@register_scalable("mnist1d_mlp")
+def mnist1d_mlp(num_classes: int, input_shape: tuple[int, ...], width: float = 1.0) -> nn.Module:
+    """Greydanus (2020)'s MNIST-1D MLP: two hidden layers of 100 ReLU units (times the width multiplier)."""
+    return _mlp(math.prod(input_shape), [scaled(100, width)] * 2, num_classes)
 
 
 @register("lenet_300_100")
