@@ -3,7 +3,8 @@
 A run lives in ``OUT/ALGORITHM-HASH/`` (the hash covers every hyperparameter that differs from
 its default)::
 
-    config.json          the full configuration, and the software that ran it ("provenance")
+    config.json          the full configuration, and the software that ran it ("provenance": one
+                         entry per start that changed the software or the levels asked for)
     .lock                held (``flock``) by the one process that works in the folder; holds its PID
     metrics.jsonl        one line per evaluation, written while training runs
     summary.json / .csv  one entry per finished level: density, accuracy, checkpoint paths
@@ -178,7 +179,21 @@ def config_differences(stored: dict, now: dict) -> list[str]:
 
 
 def _versions(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k != "started"}
+    return {k: v for k, v in record.items() if k not in ("started", "levels")}
+
+
+def planned_levels(stored: dict) -> Optional[int]:
+    """The number of levels the latest start of a run folder asked for, from its ``config.json``
+    dict ``stored`` (the last provenance entry that records ``levels``); None when no start
+    recorded it (folders made before it was recorded, or by a command that does not say)."""
+    history = stored.get("provenance")
+    if isinstance(history, dict):
+        history = [history]
+    for record in reversed(history if isinstance(history, list) else []):
+        levels = record.get("levels") if isinstance(record, dict) else None
+        if isinstance(levels, int) and not isinstance(levels, bool) and levels >= 1:
+            return levels
+    return None
 
 
 def read_run_config(run_dir: Path, remedy: str = "give a run folder written by this toolkit") -> dict:
@@ -213,6 +228,9 @@ class Run:
     save_at: tuple = ()  # Steps where `train --save-at` keeps extra checkpoints; checked against the length
     model_seed: Optional[int] = None  # the seed W^0 was drawn from, when not the run's (reinit controls)
     out_flag: str = "--out"  # how error messages name ``root`` to the user
+    # the levels this start means to train, recorded in config.json's provenance so that
+    # ``python -m training runs`` can tell a finished run from a stopped one (None: not recorded)
+    levels: Optional[int] = None
     data: Dataset = field(init=False)
 
     def __post_init__(self) -> None:
@@ -268,6 +286,8 @@ class Run:
         path = self.dir / "config.json"
         now = provenance()
         now_record = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **now}
+        if self.levels is not None:
+            now_record["levels"] = int(self.levels)
         if not path.exists():
             ckpt_io.atomic_write_text(path, dumps(
                 {"algorithm": self.algorithm, "hash": self.hash, "identity": list(self.extra_identity),
@@ -292,9 +312,10 @@ class Run:
         if not isinstance(history, list):
             history = []  # a folder made before versions were recorded
         last = history[-1] if history and isinstance(history[-1], dict) else None
-        if last is not None and _versions(last) == now:
+        same_levels = self.levels is None or planned_levels(stored) == self.levels
+        if last is not None and _versions(last) == now and same_levels:
             return
-        if last is not None:
+        if last is not None and _versions(last) != now:
             changed = ", ".join(f"{k} {last.get(k)} -> {v}" for k, v in now.items() if last.get(k) != v)
             print(f"warning: resuming {self.dir} with other software than it was started with ({changed}); "
                   "recorded in its config.json", file=sys.stderr)
