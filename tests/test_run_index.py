@@ -218,3 +218,12 @@ def test_missing_root_is_one_error_line_and_an_empty_one_says_so(tmp_path, capsy
     assert code == 0 and out == f"no runs under {tmp_path / 'empty'}\n" and err == ""
     code, out, err = _list(capsys, tmp_path / "empty", "--csv")
     assert code == 0 and err.startswith("no runs under") and out.startswith("folder,")
+
+
+def test_every_command_records_the_levels_it_plans(root, capsys):
+    """IMP, dense training and controls say how many levels they plan, so the index shows done of
+    planned instead of '?'."""
+    rows = _json(capsys, root)
+    planned = {(r.get("parent") is not None, r["command"]): r["levels_planned"] for r in rows}
+    assert planned[(False, "imp")] == 2 and planned[(False, "train")] == 1 and planned[(True, "reinit")] == 1
+    assert all(r["status"] == "complete" for r in rows)

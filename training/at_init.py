@@ -23,7 +23,8 @@ def run_at_init(config: Config, *, out: str | Path = "runs", data_dir: Optional[
     config.pruning = pruning
     check_pruning(pruning)
     density = pruning.target_density if pruning.target_density is not None else 1 - pruning.fraction
-    run = Run(config, "at-init", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end)
+    run = Run(config, "at-init", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end,
+              levels=1)
     if not run.level_done(0):
         model = run.new_model()
 

@@ -168,7 +168,7 @@ def train_branch(checkpoint: str | Path, name: str, seed: Optional[int] = None, 
         raise UserError(f"{checkpoint} is at iteration {iteration}, after the end of its run's schedule "
                         f"({total} it); there is nothing left to train")
     run = Run(config, name, run_dir / "branches", resolve_device(device), data_dir, progress, identity,
-              on_epoch_end=on_epoch_end, model_seed=int(ckpt["model"].get("seed", 0)), out_flag="branch folder")
+              on_epoch_end=on_epoch_end, model_seed=int(ckpt["model"].get("seed", 0)), out_flag="branch folder", levels=1)
     with run:  # the branch folder's lock is released as soon as the branch is done
         meta = {"branch_of": str(Path(checkpoint)), "source_run": ckpt["meta"]["run_hash"]}
         return train_run(run, lambda: BranchStart(state, use_mask, iteration, frozen, meta))

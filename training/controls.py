@@ -196,7 +196,7 @@ def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[in
         identity += (kind.rescale(config, mask, data_dir),)
     # a fresh initialisation is drawn from the control's seed: record it as the model seed
     run = Run(config, control, root, dev, data_dir, progress, identity, model_seed=seed if kind.fresh_init else None,
-              out_flag="branch folder")
+              out_flag="branch folder", levels=1)
 
     def make_start() -> BranchStart:
         meta = {"control": control, "source_run": source, "source_level": level}

@@ -205,7 +205,7 @@ def run_edge_popup(config: Config, hp: Optional[EdgePopupHparams] = None, *, out
     check_hparams(hp)
     config.pruning = None
     run = Run(config, "edge-popup", Path(out), resolve_device(device), data_dir, progress, hp.identity(),
-              on_epoch_end, validate=lambda model: check_layers_keep_something(model, hp.keep))
+              on_epoch_end, validate=lambda model: check_layers_keep_something(model, hp.keep), levels=1)
     _record_hparams(run, hp)
     meta = {CONFIG_KEY: dataclasses.asdict(hp), "weights": "frozen at W^0 (level_0/init.pt)"}
     if not run.level_done(0):

@@ -83,7 +83,7 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
         identity = (f"levels={levels}",)  # the schedule depends on the number of levels
 
     run = Run(config, "imp", Path(out), resolve_device(device), data_dir, progress, identity, on_epoch_end,
-              validate=check_pruning_on)
+              validate=check_pruning_on, levels=levels)
     k = run.rewind_iteration
     reference = run.new_model()
     out_layer = output_name(reference)
@@ -197,7 +197,7 @@ def run_train(config: Config, save_at: str = "", *, out: str | Path = "runs", da
     points = parse_steps(save_at, "--save-at")
     identity = ("save_at=" + ",".join(str(p) for p in points),) if points else ()
     run = Run(config, "train", Path(out), resolve_device(device), data_dir, progress, identity, on_epoch_end,
-              save_at=tuple(points))
+              save_at=tuple(points), levels=1)
     iterations = sorted({p.iterations(run.iterations_per_epoch) for p in points})
     if not run.level_done(0):
         model = run.new_model()

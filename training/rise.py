@@ -33,7 +33,7 @@ def run_rise(config: Config, *, out: str | Path = "runs", data_dir: Optional[str
                  score="magnitude" if needs_network else None)
 
     run = Run(config, "rise", Path(out), resolve_device(device), data_dir, progress, on_epoch_end=on_epoch_end,
-              validate=check)
+              validate=check, levels=2)
     reference = run.new_model()
     if not run.level_done(0):
         train_level_zero(run, run.new_model(), run.mask_for(0, lambda: dense_mask(reference)))
