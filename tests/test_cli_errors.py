@@ -11,7 +11,7 @@ import pytest
 
 from training.__main__ import main, make_parser
 
-RUN_COMMANDS = ["imp", "lot", "rise", "ticket-search", "at-init", "train"]
+RUN_COMMANDS = ["imp", "lot", "rise", "cs", "iss", "edge-popup", "ticket-search", "at-init", "train"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,7 +62,7 @@ def subcommands() -> list[str]:
 
 
 def test_every_subcommand_is_tested_for_help():
-    assert set(subcommands()) == {*RUN_COMMANDS, "control", "list", "sweep"}
+    assert set(subcommands()) == {*RUN_COMMANDS, "control", "runs", "list", "sweep"}
 
 
 @pytest.mark.parametrize("command", [None, *subcommands()])

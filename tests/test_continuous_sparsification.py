@@ -177,6 +177,8 @@ def test_each_rounds_ticket_trains_from_w_k_with_the_mask_held_at_zero_and_loads
     (["--rounds", "0"], "--rounds"),
     (["-k", "30ep"], "rewind point 30ep"),
     (["--rewind", "5000it"], "rewind point 5000it"),
+    (["--freeze-weights", "-k", "2ep"], "--freeze-weights"),
+    (["--freeze-weights", "--search-rewind"], "--search-rewind means nothing with --freeze-weights"),
 ])
 def test_bad_input_is_one_error_line_exit_2_before_any_folder(tmp_path, capsys, flags, message):
     from training.__main__ import main
@@ -206,3 +208,41 @@ def test_presets_carry_the_papers_settings():
     model = build_model("resnet18", 10, (3, 32, 32), 0)
     names = masked_names(model, CSHparams(dense_layers=resnet["dense_layers"]))
     assert "fc.weight" not in names and not any("shortcut" in n for n in names) and "stem.0.weight" in names
+
+
+def test_default_cs_runs_keep_their_names():
+    # literals computed before --freeze-weights existed: a default-False field is left out of the hash
+    from training.hparams import Config
+
+    config = Config()
+    config.pruning = None
+    assert CSHparams().canonical() == CSHparams(freeze_weights=False).canonical() == "cs()"
+    assert config.hash("cs", CSHparams().canonical()) == "b57f706bfc50"
+    assert config.hash("cs", CSHparams(mask_init=0.02).canonical()) == "5a6b0248c6ae"
+    assert config.hash("cs", CSHparams(freeze_weights=True).canonical()) != "b57f706bfc50"
+
+
+def test_frozen_weights_every_checkpoint_holds_w0_inside_the_mask_and_the_mask_is_learned(data_dir, tmp_path):
+    cs = CSHparams(penalty=1e-3, mask_init=0.02, mask_lr=0.05, freeze_weights=True)
+    run = run_cs(tiny(), cs, rounds=2, out=tmp_path, progress=False)
+    w0 = run.new_model().state_dict()
+    seen = 0
+    for path in sorted(run.dir.glob("level_*/*.pt")):
+        if path.stem == "mask":
+            continue
+        obj = torch.load(path, weights_only=True)
+        state, mask = (obj["weights"], None) if path.stem == "scores" else (obj["state_dict"], obj["mask"])
+        assert state.keys() == w0.keys(), path
+        for name, value in state.items():
+            keep = mask[name] if mask is not None and name in mask else torch.ones_like(value, dtype=torch.bool)
+            assert torch.equal(value[keep], w0[name][keep]), (path, name)  # bit for bit
+            assert torch.all(value[~keep] == 0), (path, name)  # outside the mask: zero (full W^0 in scores.pt)
+        seen += 1
+    assert seen == 13  # level_0: init, rewind, final; rounds 1-2: search, scores, init, rewind, final
+    scores = torch.load(run.level_dir(1) / "scores.pt", weights_only=True)["scores"]
+    assert all(not torch.all(s == cs.mask_init) for s in scores.values())
+    summary = json.loads((run.dir / "summary.json").read_text())["levels"]
+    assert summary[0]["density"] == 1 and summary[1]["density"] < 1  # the mask changes
+    final = read_checkpoint(run.level_dir(1) / "final.pt")
+    assert final["meta"]["start_iteration"] == 0 and final["step"]["iteration"] == 0
+    assert all(torch.equal(final["mask"][n], s > 0) for n, s in scores.items())

@@ -55,9 +55,10 @@ class Command:
 def registry() -> list[Command]:
     """Every command of ``python -m training``, in the order ``--help`` lists them."""
     from . import at_init, continuous_sparsification, controls, edge_popup, imp, rise, ticket_search
-    from . import run_index
+    from . import run_index, stochastic_sparsification
 
-    return [imp.IMP, imp.LOT, rise.RISE, continuous_sparsification.CS, edge_popup.EDGE_POPUP,
+    return [imp.IMP, imp.LOT, rise.RISE, continuous_sparsification.CS, stochastic_sparsification.ISS,
+            edge_popup.EDGE_POPUP,
             ticket_search.TICKET_SEARCH, at_init.AT_INIT, imp.TRAIN, controls.CONTROL, run_index.RUNS, LIST, SWEEP]
 
 

@@ -41,6 +41,16 @@ documented in the README; the paper's choice is the default:
   CS and IMP tickets are compared on equal terms.
 - Optimizer state: the code keeps its optimizers across rounds; here every round starts afresh,
   as Alg. 3's "go back to step 2" reads.
+
+Supermasks on frozen weights (``--freeze-weights``; Savarese et al. Fig. 2 after Zhou et al.,
+"Deconstructing lottery tickets"): only the mask parameters are trained. Every parameter of the
+network (weights, biases, batch-norm scales and shifts) stays at W^0 bit for bit; batch-norm running
+statistics, which are buffers, not weights, still track the batches. Nothing else is trained, so
+the run has no dense level and no ticket training: ``level_0`` is W^0 evaluated as it is (init.pt,
+rewind.pt and final.pt all W^0, iteration 0), and round R's ``mask.pt``/``init.pt``/``rewind.pt``/
+``final.pt`` are W^0 under b(s_T), evaluated untrained: the supermask. Inside the mask every
+checkpoint's weights equal W^0; outside they are zero (``masked_weights = "zero"``), and the full
+W^0 is in ``level_0/init.pt`` and in every ``scores.pt``.
 """
 from __future__ import annotations
 
@@ -105,6 +115,9 @@ class CSHparams:
     reset: str = _f("paper", "between rounds: paper, s <- min(beta_T * s_T, s_0); code, s <- min(s_T, s_0) (the "
                              "authors' code)", ["paper", "code"])
     scale_mask: bool = _f(False, "multiply the mask by 1 / sigmoid(s_0) so that it starts at 1 (the authors' code)")
+    freeze_weights: bool = _f(False, "learn only the mask: every parameter stays at W^0 (a supermask, Savarese et "
+                                     "al. Fig. 2 after Zhou et al.); no dense training, the tickets are evaluated "
+                                     "untrained")
 
     def canonical(self) -> str:
         """``cs(...)``: the fields that differ from their defaults, the run's extra identity."""
@@ -133,6 +146,46 @@ def check_cs(hp: CSHparams) -> None:
     if hp.reset not in ("paper", "code"):
         raise UserError(f"--reset must be paper or code, got {hp.reset!r}")
     Step.parse(hp.rewind, "-k/--rewind")
+    check_frozen(hp)
+
+
+def check_frozen(hp: Any) -> None:
+    """``UserError`` for a rewinding flag with ``--freeze-weights`` (the weights never move, so W^k = W^0)."""
+    if not hp.freeze_weights:
+        return
+    if Step.parse(hp.rewind, "-k/--rewind").value != 0:
+        raise UserError(f"-k/--rewind {hp.rewind} means nothing with --freeze-weights: the weights never leave W^0; "
+                        "drop -k")
+    if getattr(hp, "search_rewind", False):
+        raise UserError("--search-rewind means nothing with --freeze-weights: the weights never leave W^0")
+
+
+def freeze_parameters(model: nn.Module) -> None:
+    """Take every parameter of ``model`` out of training (``requires_grad`` off): no optimizer holds it,
+    so it stays bit-identical to its current value (call before the mask forms are attached)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def evaluated_level(run: Run, level: int, mask: Optional[dict[str, torch.Tensor]], meta: Optional[dict] = None) -> None:
+    """Write ``level_L``'s init.pt, rewind.pt and final.pt as W^0 under ``mask`` (None: dense), not
+    trained (iteration 0), final.pt with its losses (nats) and accuracies (in [0, 1]) on the test,
+    validation (if any) and training splits: a level of a ``--freeze-weights`` run."""
+    from .loop import evaluate
+
+    model = run.new_model()
+    apply_mask(model, mask)
+    meta = {"weights": "frozen at W^0 (--freeze-weights)", **(meta or {})}
+    for kind in ("init", "rewind"):
+        if not (run.level_dir(level) / f"{kind}.pt").exists():
+            run.save(model, mask, 0, level, kind, meta)
+    results: dict[str, float] = {}
+    for split in ("test", "val", "train"):
+        data = getattr(run.data, split)
+        if data is not None:
+            results[f"{split}_loss"], results[f"{split}_accuracy"] = evaluate(model, data)
+    results["stopped_at"] = 0
+    run.save(model, mask, 0, level, "final", {"results": results, "start_iteration": 0, **meta})
 
 
 def _patterns(text: str) -> list[str]:
@@ -274,7 +327,9 @@ def run_cs(config: Config, cs: Optional[CSHparams] = None, rounds: int = 3, *, o
     names = masked_names(run.new_model(), cs)
     search_log = MetricsLog(run.dir / "search.jsonl")
 
-    # level 0: the dense network, W^k and the dense baseline (as IMP's level 0)
+    # level 0: the dense network, W^k and the dense baseline (as IMP's level 0); W^0 itself when frozen
+    if cs.freeze_weights and not run.level_done(0):
+        evaluated_level(run, 0, run.mask_for(0, lambda: dense_mask(run.new_model())))
     if not run.level_done(0):
         model = run.new_model()
         mask = run.mask_for(0, lambda: dense_mask(model))
@@ -286,6 +341,9 @@ def run_cs(config: Config, cs: Optional[CSHparams] = None, rounds: int = 3, *, o
         scores_path = run.level_dir(r) / "scores.pt"
         if not scores_path.exists():
             _search_round(run, r, cs, search_hp, names, k, search_log, after_step)
+        if not run.level_done(r) and cs.freeze_weights:
+            mask = run.mask_for(r, lambda: {n: m.to(torch.bool) for n, m in _read_scores(scores_path)["mask"].items()})
+            evaluated_level(run, r, mask, {"cs_round": r})
         if not run.level_done(r):
             mask = run.mask_for(r, lambda: {n: m.to(torch.bool) for n, m in _read_scores(scores_path)["mask"].items()})
             model = run.new_model()
@@ -343,6 +401,8 @@ def _search_round(run: Run, r: int, cs: CSHparams, hp: TrainingHparams, names: l
     """Search round ``r``: from W^0 and s_0 (round 1), else from the previous round's weights (or W^k
     with ``search_rewind``) and its reset scores; write ``search.pt`` and ``scores.pt``."""
     model = run.new_model()
+    if cs.freeze_weights:
+        freeze_parameters(model)
     start, scores = 0, None
     if r > 1:
         previous = _read_scores(run.level_dir(r - 1) / "scores.pt")

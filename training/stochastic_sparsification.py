@@ -1,0 +1,414 @@
+"""Iterative stochastic sparsification (Savarese, Silva & Maire, "Winning the lottery with continuous
+sparsification", Alg. 2, after Zhou et al., "Deconstructing lottery tickets"): learn a distribution
+over masks by gradient descent, remove for good every weight whose mask parameter fell, rewind,
+repeat; train each round's ticket like an IMP level.
+
+Every masked weight ``w`` gets a mask parameter ``s`` of its shape. Each training step draws
+``m ~ Bernoulli(sigmoid(s))`` (``BernoulliMask``: ``m = [u < sigmoid(s)]`` with ``u`` uniform noise
+from a stream seeded by (run seed, round, iteration), so a run and its resumed copy draw the same
+masks) and the network uses ``w * m``; the loss adds ``lambda * ||sigmoid(s)||_1``. The gradient
+reaches ``s`` by the straight-through estimator (Bengio et al.): the sampling is taken as the
+identity on the probability ``p = sigmoid(s)``, so ``dL/ds = dL/dm * sigmoid(s) * (1 - sigmoid(s))``.
+``s`` is trained by plain SGD with its own rate (the paper: 20; 100 for supermasks on frozen
+weights) and no weight decay. Evaluations use the mode, ``w * [sigmoid(s) > 0.5]``.
+
+Rounds (Alg. 2): round 1 starts from W^0 and s = s_0; after round R every ``s`` that ended below
+its initial value s_0 is set to -inf (sigmoid(-inf) = 0: the weight is never drawn again and gets
+no gradient), the others keep their value s_T (Alg. 2 resets nothing else), and the weights rewind
+to W^k. Round R's ticket is the mode ``[sigmoid(s_T) > 0.5]`` (``--ticket mode``, the default: a
+deterministic choice) or one draw ``m ~ Bernoulli(sigmoid(s_T))`` from a seeded stream
+(``--ticket sample``, Alg. 2's step 3), trained like an IMP level from W^k of the dense network
+(level 0) with the pruned weights held at zero.
+
+The run folder is continuous sparsification's (``training.continuous_sparsification``), under
+``iss-HASH/``: level_0 (the dense network, W^k), per round ``level_R/search.pt`` (the search
+network, weights zero outside its mode), ``level_R/scores.pt`` (s_T, the ticket's mask and the
+raw weights; the same file format as continuous sparsification's), the ticket's mask/init/rewind/
+final, ``search.jsonl`` and ``summary.json`` with the search cost. ``--freeze-weights`` learns only
+the mask over W^0 (Savarese et al. Fig. 2, Zhou et al.'s supermasks), as ``cs --freeze-weights``
+does: every checkpoint's weights are W^0 inside the mask and zero outside.
+
+Departures from the paper: none in the algorithm; where it is silent, the choices are stated
+above (the estimator, survivors keep s_T, removal compares with s_0, evaluation by the mode).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt_io
+from .commands import Command, prepare_run, run_flags
+from .continuous_sparsification import (
+    SCORES_FORMAT,
+    _check_rewind,
+    _Hook,
+    _raw_state,
+    _read_scores,
+    _write_summary,
+    check_frozen,
+    evaluated_level,
+    freeze_parameters,
+    masked_names,
+)
+from .cost import training_cost
+from .errors import UserError
+from .extensions import Extension, ParamGroup
+from .hparams import Config, TrainingHparams, dumps, finite_float
+from .loop import train
+from .masks import WeightForm, _StraightThrough, apply_mask, dense_mask, parametrize_weights
+from .metrics_log import MetricsLog
+from .runs import Run, resolve_device
+from .seeding import derive_seed, generator
+from .steps import Step
+
+SAVARESE = 'Savarese et al., "Winning the lottery with continuous sparsification"'
+SECTIONS = ("dataset", "model", "training")
+TICKETS = ("mode", "sample")
+PAPER_MASK_LR, PAPER_FROZEN_MASK_LR = 20.0, 100.0
+
+
+def _f(default: Any, help: str, choices: Optional[list[str]] = None, flag: Optional[str] = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+
+
+@dataclass
+class ISSHparams:
+    """The hyperparameters of iterative stochastic sparsification; fields left at their default are
+    left out of the run's hash."""
+
+    penalty: float = _f(1e-8, "lambda: weight of the L1 penalty on the mask probabilities sigmoid(s), summed over "
+                              "masked weights (the paper's 1e-8)", flag="--lambda")
+    mask_init: float = _f(1.0, "s_0: initial value of every mask parameter (the paper's 1; its supermasks vary it "
+                               "from -5 to 5 to set the sparsity)")
+    mask_lr: Optional[float] = _f(None, f"learning rate of plain SGD on the mask parameters (default: the paper's "
+                                        f"{PAPER_MASK_LR:g}, {PAPER_FROZEN_MASK_LR:g} with --freeze-weights)")
+    mask_layers: str = _f("*", "weights that carry a mask: comma-separated globs on prunable weight names")
+    dense_layers: str = _f("", "weights left dense (no mask parameter), globs; e.g. 'fc.weight'")
+    rewind: str = _f("0", "W^k: the weights rewind to the dense network after k steps between rounds, and the "
+                          "tickets train from there: 0, '500it' or '2ep'", flag="-k")
+    ticket: str = _f("mode", "round R's ticket: mode, [sigmoid(s_T) > 0.5]; or sample, one seeded draw from "
+                             "Bernoulli(sigmoid(s_T)) (Alg. 2's step 3)", list(TICKETS))
+    freeze_weights: bool = _f(False, "learn only the mask: every parameter stays at W^0 (a supermask: Savarese et "
+                                     "al. Fig. 2's stochastic sparsification, after Zhou et al.); no dense training, "
+                                     "the tickets are evaluated untrained")
+
+    def canonical(self) -> str:
+        """``iss(...)``: the fields that differ from their defaults, the run's extra identity."""
+        return "iss(" + ",".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                                 if getattr(self, f.name) != f.default) + ")"
+
+    def learning_rate(self) -> float:
+        """The SGD learning rate of the mask parameters."""
+        if self.mask_lr is not None:
+            return self.mask_lr
+        return PAPER_FROZEN_MASK_LR if self.freeze_weights else PAPER_MASK_LR
+
+
+def check_iss(hp: ISSHparams) -> None:
+    """Raise ``UserError`` (one line naming the flag) for settings that mean nothing."""
+    if not (math.isfinite(hp.penalty) and hp.penalty >= 0):
+        raise UserError(f"--lambda must be non-negative, got {hp.penalty}")
+    if not math.isfinite(hp.mask_init):
+        raise UserError(f"--mask-init must be a finite number, got {hp.mask_init}")
+    if hp.mask_lr is not None and not (math.isfinite(hp.mask_lr) and hp.mask_lr > 0):
+        raise UserError(f"--mask-lr must be positive, got {hp.mask_lr}")
+    if hp.ticket not in TICKETS:
+        raise UserError(f"--ticket must be mode or sample, got {hp.ticket!r}")
+    Step.parse(hp.rewind, "-k/--rewind")
+    check_frozen(hp)
+
+
+def remove_fallen(scores: torch.Tensor, initial: float) -> torch.Tensor:
+    """Alg. 2's step between rounds: -inf wherever ``scores`` ended below ``initial`` (s_0), the
+    score itself elsewhere (removed weights stay removed: -inf is below every s_0)."""
+    return torch.where(scores < initial, torch.full_like(scores, -math.inf), scores)
+
+
+class BernoulliMask(WeightForm):
+    """``w * m`` with ``m ~ Bernoulli(sigmoid(s))`` while training and the straight-through gradient
+    ``dL/ds = dL/dm * sigmoid'(s)``; ``w * [s > 0]`` (the mode) in eval mode.
+
+    ``noise`` (uniform in [0, 1), the weight's shape) is what the next training forward passes
+    compare ``sigmoid(s)`` with; an extension sets it before each step from a seeded stream. When it
+    is None a training forward draws its own from the global generator. ``chosen``, when set, is the
+    binary mask ``binary()`` reports (a sampled ticket) instead of the mode."""
+
+    def __init__(self, scores: torch.Tensor):
+        super().__init__()
+        self.scores = nn.Parameter(scores.detach().clone())
+        self.noise: Optional[torch.Tensor] = None
+        self.chosen: Optional[torch.Tensor] = None
+
+    def probability(self) -> torch.Tensor:
+        """sigmoid(s): the probability that each weight is drawn, in [0, 1]."""
+        return torch.sigmoid(self.scores)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return w * (self.scores.detach() > 0)
+        p = self.probability()
+        u = self.noise if self.noise is not None else torch.rand_like(p)
+        return w * _StraightThrough.apply(p, u < p.detach())
+
+    def binary(self) -> torch.Tensor:
+        return (self.chosen if self.chosen is not None else self.scores.detach() > 0).clone()
+
+
+def sample_ticket(scores: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """One draw of ``Bernoulli(sigmoid(scores))`` as a bool tensor, from the CPU generator ``g``."""
+    p = torch.sigmoid(scores.detach().cpu().float())
+    return (torch.rand(p.shape, generator=g) < p).to(scores.device)
+
+
+class StochasticSparsification(Extension):
+    """What ISS adds to ``train()``: a ``BernoulliMask`` on each of ``names`` (scores from ``scores``,
+    else s_0), fresh seeded noise before every step (a function of the run seed, the round and the
+    iteration: a resumed run draws the same masks), the L1 penalty on sigmoid(s) and plain SGD on
+    the scores (no weight decay, no momentum)."""
+
+    def __init__(self, model: nn.Module, hp: ISSHparams, names: list[str], seed: int, round: int,
+                 scores: Optional[dict[str, torch.Tensor]] = None):
+        self.hp, self.seed, self.round = hp, seed, round
+
+        def make(name: str, w: torch.Tensor) -> BernoulliMask:
+            return BernoulliMask(scores[name].to(w) if scores is not None else torch.full_like(w, hp.mask_init))
+
+        self.forms: dict[str, BernoulliMask] = parametrize_weights(model, make, names)  # type: ignore[assignment]
+
+    def param_groups(self) -> list[ParamGroup]:
+        lr = self.hp.learning_rate()
+        return [ParamGroup([form.scores for form in self.forms.values()],
+                           optimizer=lambda p: torch.optim.SGD(p, lr=lr))]
+
+    def loss(self) -> Optional[torch.Tensor]:
+        if not self.hp.penalty:
+            return None
+        return self.hp.penalty * sum(form.probability().sum() for form in self.forms.values())
+
+    def before_step(self, t: int) -> None:
+        first = next(iter(self.forms.values())).scores
+        g = torch.Generator(device=first.device).manual_seed(derive_seed(self.seed, "iss-mask", self.round, t))
+        for form in self.forms.values():
+            form.noise = torch.rand(form.scores.shape, generator=g, device=form.scores.device,
+                                    dtype=form.scores.dtype)
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        return {name: form.scores.detach().clone() for name, form in self.forms.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def run_iss(config: Config, iss: Optional[ISSHparams] = None, rounds: int = 3, *, out: str | Path = "runs",
+            data_dir: Optional[str] = None, device: str = "auto", progress: bool = True,
+            on_epoch_end: Optional[Callable[[int], None]] = None,
+            after_step: Optional[Callable[[int, int], None]] = None) -> Run:
+    """Run (or resume) ``rounds`` rounds of iterative stochastic sparsification and train each round's
+    ticket; return the run with ``summary.json`` written (accuracies in [0, 1], costs in epochs and
+    MACs). ``rounds`` is not part of the run's identity: asking for more later extends the folder.
+    ``after_step(round, t)`` is called after every search step (tests use it to kill a run)."""
+    iss = iss or ISSHparams()
+    check_iss(iss)
+    if rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {rounds}")
+    config.pruning = None
+    search_hp = dataclasses.replace(config.training, early_stopping=None)
+
+    def validate(model: nn.Module) -> None:
+        masked_names(model, iss)  # type: ignore[arg-type]
+        _check_rewind(config, iss, data_dir)  # type: ignore[arg-type]
+
+    run = Run(config, "iss", Path(out), resolve_device(device), data_dir, progress, (iss.canonical(),), on_epoch_end,
+              validate=validate)
+    k = Step.parse(iss.rewind, "-k/--rewind").iterations(run.iterations_per_epoch)
+    _record_iss(run, iss)
+    names = masked_names(run.new_model(), iss)  # type: ignore[arg-type]
+    search_log = MetricsLog(run.dir / "search.jsonl")
+
+    # level 0: the dense network, W^k and the dense baseline (as IMP's level 0); W^0 itself when frozen
+    if iss.freeze_weights and not run.level_done(0):
+        evaluated_level(run, 0, run.mask_for(0, lambda: dense_mask(run.new_model())))
+    if not run.level_done(0):
+        model = run.new_model()
+        mask = run.mask_for(0, lambda: dense_mask(model))
+        if not (run.level_dir(0) / "init.pt").exists():
+            run.save(model, mask, 0, 0, "init")
+        run.train_level(0, model, mask, start=0, save_points={k}, on_save=lambda t: run.save(model, mask, t, 0, "rewind"))
+
+    for r in range(1, rounds + 1):
+        scores_path = run.level_dir(r) / "scores.pt"
+        if not scores_path.exists():
+            _search_round(run, r, iss, search_hp, names, k, search_log, after_step)
+        if run.level_done(r):
+            continue
+        mask = run.mask_for(r, lambda: {n: m.to(torch.bool) for n, m in _read_scores(scores_path)["mask"].items()})
+        if iss.freeze_weights:
+            evaluated_level(run, r, mask, {"iss_round": r})
+            continue
+        model = run.new_model()
+        apply_mask(model, mask)
+        if not (run.level_dir(r) / "init.pt").exists():
+            run.save(model, mask, 0, r, "init")
+        model.load_state_dict(run.load_state(0, "rewind"))
+        apply_mask(model, mask)
+        if not (run.level_dir(r) / "rewind.pt").exists():
+            run.save(model, mask, k, r, "rewind")
+        run.train_level(r, model, mask, start=k, meta={"iss_round": r})
+        _write_summary(run, rounds)
+    entries = _write_summary(run, rounds)
+    if progress:
+        run.print_summary(entries)
+        print(f"{'round':>5}  {'ticket density':>14}  {'ticket test acc':>15}  {'search alive':>12}  "
+              f"{'search epochs (cumulative)':>26}")
+        for e in entries[1:]:
+            print(f"{e['level']:>5}  {100 * e['density']:>13.2f}%  {100 * e['test_accuracy']:>14.2f}%  "
+                  f"{100 * e['search']['soft_density']:>11.2f}%  {e['search']['cumulative_epochs']:>26.1f}")
+    return run
+
+
+def _record_iss(run: Run, iss: ISSHparams) -> None:
+    """Add the full ISS hyperparameters (defaults included) to ``config.json`` under ``iss``."""
+    import json
+
+    path = run.dir / "config.json"
+    stored = json.loads(path.read_text())
+    if stored.get("iss") != dataclasses.asdict(iss):
+        stored["iss"] = dataclasses.asdict(iss)
+        ckpt_io.atomic_write_text(path, dumps(stored))
+
+
+def _search_round(run: Run, r: int, iss: ISSHparams, hp: TrainingHparams, names: list[str], k: int, log: MetricsLog,
+                  after_step: Optional[Callable[[int, int], None]]) -> None:
+    """Search round ``r``: from W^0 and s_0 (round 1), else from W^k and the previous round's scores
+    with the fallen ones at -inf; write ``search.pt`` and ``scores.pt``."""
+    model = run.new_model()
+    if iss.freeze_weights:
+        freeze_parameters(model)
+    start, scores = 0, None
+    if r > 1:
+        previous = _read_scores(run.level_dir(r - 1) / "scores.pt")
+        scores = {n: remove_fallen(s.to(run.device), iss.mask_init) for n, s in previous["scores"].items()}
+        model.load_state_dict(run.load_state(0, "rewind"))
+        start = k
+    seed = run.config.training.seed
+    ext = StochasticSparsification(model, iss, names, seed, r, scores)
+    hooks: list[Extension] = [ext]
+    if after_step is not None:
+        hooks.append(_Hook(lambda t: after_step(r, t)))
+    run.level_dir(r).mkdir(parents=True, exist_ok=True)
+    metrics = train(model, run.data, hp, start=start, log=log, level=r, state_path=run.level_dir(r) / "search_state.pt",
+                    progress=run.progress, extensions=hooks)
+    cost = training_cost(model, run.data.input_shape, None, start, metrics["stopped_at"], len(run.data.train),
+                         hp.batch_size)
+    final = ext.scores()
+    if iss.ticket == "sample":
+        g = generator(seed, "iss-ticket", r)
+        for name, form in ext.forms.items():
+            form.chosen = sample_ticket(final[name], g)
+    ticket = {name: form.binary() for name, form in ext.forms.items()}
+    alive = sum(int(torch.isfinite(s).sum()) for s in final.values()) / sum(s.numel() for s in final.values())
+    fallen = sum(int((s < iss.mask_init).sum()) for s in final.values())  # removed before the next round
+    fallen_now = sum(int(((s < iss.mask_init) & torch.isfinite(s)).sum()) for s in final.values())
+    not_binary = sum(int(((p > 1e-6) & (p < 1 - 1e-6)).sum()) for p in (torch.sigmoid(s) for s in final.values()))
+    info = {"round": r, "start_iteration": start, "end_iteration": metrics["stopped_at"],
+            "epochs": (metrics["stopped_at"] - start) / run.iterations_per_epoch, "backprop_macs": cost,
+            "soft_density": alive, "soft_not_binary": not_binary, "removed_total": fallen, "removed_now": fallen_now,
+            "ticket": iss.ticket,
+            "results": {key: v for key, v in metrics.items() if key.startswith(("test_", "val_", "train_"))}}
+    run.save(model, None, metrics["stopped_at"], r, "search", {"iss_search": info})
+    raw = {name: p.detach().cpu().clone() for name, p in _raw_state(model).items()}
+    ckpt_io.atomic_save({"format": SCORES_FORMAT, "algorithm": "iss", "round": r,
+                         "scores": {n: s.cpu() for n, s in final.items()},
+                         "mask": {n: m.cpu() for n, m in ticket.items()}, "weights": raw, "info": info},
+                        run.level_dir(r) / "scores.pt")
+    state = run.level_dir(r) / "search_state.pt"
+    if state.exists():
+        state.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def _add_iss_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, help="search rounds; each round's ticket is trained and recorded "
+                                                   "(default: 3)")
+    group = parser.add_argument_group("iterative stochastic sparsification hyperparameters")
+    hints = typing.get_type_hints(ISSHparams)
+    for f in fields(ISSHparams):
+        hint = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag] if f.metadata["flag"] is None else [f.metadata["flag"], flag]
+        kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS, dest=f"iss_{f.name}",
+                                      help=f.metadata["help"] + ("" if f.default is None else f" (default: {f.default})"))
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = f.name.upper()
+            base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
+            kwargs["type"] = finite_float if base is float else base
+            if f.metadata["choices"]:
+                kwargs["choices"] = f.metadata["choices"]
+                del kwargs["metavar"]
+        group.add_argument(*names, **kwargs)
+
+
+def iss_from_args(args: argparse.Namespace) -> ISSHparams:
+    """Dataclass defaults, then the flags given; checked."""
+    given = vars(args)
+    hp = ISSHparams(**{f.name: given.get(f"iss_{f.name}", f.default) for f in fields(ISSHparams)})
+    check_iss(hp)
+    return hp
+
+
+def _check_layers(config: Config, iss: ISSHparams) -> None:
+    """Refuse an unknown layer pattern before any folder exists (the model is built on the CPU)."""
+    from .data import dataset_spec
+    from .models import build_model
+
+    spec = dataset_spec(config.dataset.dataset)
+    masked_names(build_model(config.model.model, spec.classes, spec.shape, config.training.seed), iss)  # type: ignore[arg-type]
+
+
+def _prepare(args: argparse.Namespace):
+    if args.rounds is None:
+        args.rounds = 3
+    if args.rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {args.rounds}")
+    iss = iss_from_args(args)
+    return prepare_run(args, lambda config, **common: run_iss(config, iss, args.rounds, **common), sections=SECTIONS,
+                       check=lambda config: (_check_layers(config, iss), _check_rewind(config, iss, args.data_dir)))  # type: ignore[arg-type]
+
+
+ISS = Command(
+    "iss", "iterative stochastic sparsification (Savarese et al.): learn Bernoulli masks, remove what falls, rewind",
+    "Iterative stochastic sparsification (" + SAVARESE + ", Alg. 2): train the weights and a mask parameter s per "
+    "weight, the network using w * m with m ~ Bernoulli(sigmoid(s)) drawn every step (seeded), the gradient reaching "
+    "s by the straight-through estimator and the loss adding lambda * ||sigmoid(s)||_1; after each round every s "
+    "that fell below s_0 is set to -inf (removed for good) and the weights rewind to W^k. Each round's ticket, the "
+    "mode [sigmoid(s) > 0.5] by default, is trained like an IMP level, from W^k of the dense network with the "
+    "pruned weights held at zero; summary.json holds the tickets' accuracy and the search cost. The defaults are "
+    "the paper's: s_0 = 1, SGD with learning rate 20 on s, lambda = 1e-8.",
+    """\
+examples:
+  python -m training iss                                  # demo: MNIST-1D CNN, 3 rounds
+  python -m training iss --rounds 5 --ticket sample       # 5 rounds; tickets drawn from Bernoulli(sigmoid(s))
+  python -m training iss --freeze-weights --mask-init 0   # a supermask on frozen W^0 (SGD lr 100 on s)
+  python -m training iss --model conv6 --dataset cifar10 --optimizer adam --lr 3e-4 --batch-size 60 \\
+      --train-for 40ep --augment false --rounds 30 --device cuda   # the paper's Conv-6 setup
+
+Run the same command again to resume; raise --rounds to add rounds. The search rounds log to
+search.jsonl (evaluated with the mode); their networks are level_R/search.pt; summary.json holds each
+ticket's search cost (epochs, backprop MACs) and "soft_density", the fraction of weights not yet
+removed (s > -inf).
+""",
+    run_flags(_add_iss_flags, SECTIONS), _prepare)
