@@ -19,6 +19,8 @@ MODULES = (
     "lueker",                 # 10. Lueker's subset-sum theorem
     "overparameterisation",   # 11. Malach vs Pensia
     "strong_lth_network",     # 12. Pensia et al. at their scale
+    "cs_vs_imp",              # Savarese et al., Fig. 3: continuous sparsification against IMP
+    "edge_popup_width",       # Ramanujan et al.: edge-popup subnetworks against width and k
 )
 
 
