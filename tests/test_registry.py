@@ -206,3 +206,12 @@ def test_every_control_resolves_through_the_registry(monkeypatch, tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("error: unknown control 'bogus'; choose one of: reinit,") and err.count("\n") == 1
     assert "identity" in err
+
+
+@pytest.mark.parametrize("command, flag, shown", [("edge-popup", "--lr", "0.1"), ("edge-popup", "--schedule", "cosine"),
+                                                  ("ticket-search", "--score", "lamp"),
+                                                  ("ticket-search", "--fraction", "0.16"), ("imp", "--lr", "0.05")])
+def test_help_shows_each_commands_own_defaults(command, flag, shown):
+    sub = subparsers(make_parser())[command]
+    action = next(a for a in sub._actions if flag in a.option_strings)
+    assert action.help.endswith(f"(default: {shown})"), action.help

@@ -88,16 +88,17 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run_flags(own: Callable[[argparse.ArgumentParser], None],
-              sections: Sequence[str] = RUN_SECTIONS) -> Callable[[argparse.ArgumentParser], None]:
+              sections: Sequence[str] = RUN_SECTIONS,
+              defaults: Optional[dict] = None) -> Callable[[argparse.ArgumentParser], None]:
     """``add_flags`` of a run command: its ``own`` flags, the ``run`` group, then one flag per
-    hyperparameter of ``sections``."""
+    hyperparameter of ``sections``, whose help shows the command's own ``defaults`` where given."""
 
     def add(parser: argparse.ArgumentParser) -> None:
         from .hparams import add_flags
 
         own(parser)
         add_run_flags(parser)
-        add_flags(parser, list(sections))
+        add_flags(parser, list(sections), defaults)
 
     return add
 

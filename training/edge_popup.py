@@ -287,5 +287,5 @@ examples:
 Training flags apply to the scores (default here: --lr 0.1 --momentum 0.9 --weight-decay 1e-4
 --schedule cosine, the paper's CIFAR-10 setup). Run the same command again to resume.
 """,
-    run_flags(_flags, ("dataset", "model", "training")),
+    run_flags(_flags, ("dataset", "model", "training"), TRAINING_DEFAULTS),
     _prepare)

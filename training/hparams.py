@@ -183,15 +183,17 @@ def finite_float(text: str) -> float:
 finite_float.__name__ = "finite number"  # argparse's message: "invalid finite number value: 'inf'"
 
 
-def add_flags(parser: argparse.ArgumentParser, section_names: list[str]) -> None:
-    """Add one flag per field of the named sections; defaults are left unset (``SUPPRESS``)."""
+def add_flags(parser: argparse.ArgumentParser, section_names: list[str], defaults: Optional[dict] = None) -> None:
+    """Add one flag per field of the named sections; defaults are left unset (``SUPPRESS``). The
+    help shows a field's default: the command's own (``defaults``, by field name) where it has one."""
     for name in section_names:
         kind = SECTIONS[name]
         group = parser.add_argument_group(f"{name} hyperparameters")
         hints = typing.get_type_hints(kind)
         for f in fields(kind):
             hint = hints[f.name]
-            help_text = f.metadata["help"] + ("" if f.default is None else f" (default: {f.default})")
+            shown = (defaults or {}).get(f.name, f.default)
+            help_text = f.metadata["help"] + ("" if shown is None else f" (default: {shown})")
             kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_text, dest=f.name)
             if hint is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction

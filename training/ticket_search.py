@@ -65,7 +65,7 @@ TICKET_SEARCH = Command(
     "overrides those defaults.",
     "examples:\n  python -m training ticket-search --replicates 3\n"
     "  python -m training ticket-search --preset resnet32_cifar10 --stages 5 --replicates 50 --device cuda",
-    run_flags(_flags),
+    run_flags(_flags, defaults=DEFAULTS),
     lambda args: prepare_run(
         args, lambda config, **common: run_ticket_search(config, args.stages, args.replicates, **common),
         defaults=DEFAULTS))
