@@ -58,7 +58,6 @@ import argparse
 import dataclasses
 import fnmatch
 import math
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -71,7 +70,7 @@ from .commands import Command, prepare_run, run_flags
 from .cost import training_cost
 from .errors import UserError
 from .extensions import Extension, ParamGroup
-from .hparams import Config, TrainingHparams, dumps, finite_float
+from .hparams import Config, TrainingHparams, add_dataclass_flags, dumps
 from .loop import Schedule, train
 from .masks import SigmoidMask, apply_mask, dense_mask, parametrize_weights, plain_weights_and_mask, prunable_names
 from .metrics_log import MetricsLog
@@ -501,24 +500,7 @@ def _add_cs_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int,
                         help="search rounds; each round's ticket is trained and recorded (default: the preset's, "
                              "else 3)")
-    group = parser.add_argument_group("continuous sparsification hyperparameters")
-    hints = typing.get_type_hints(CSHparams)
-    for f in fields(CSHparams):
-        hint = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        names = [flag] if f.metadata["flag"] is None else [f.metadata["flag"], flag]
-        kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS, dest=f"cs_{f.name}",
-                                      help=f.metadata["help"] + ("" if f.default is None else f" (default: {f.default})"))
-        if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["metavar"] = f.name.upper()
-            base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
-            kwargs["type"] = finite_float if base is float else base
-            if f.metadata["choices"]:
-                kwargs["choices"] = f.metadata["choices"]
-                del kwargs["metavar"]
-        group.add_argument(*names, **kwargs)
+    add_dataclass_flags(parser.add_argument_group("continuous sparsification hyperparameters"), CSHparams, dest_prefix="cs_")
 
 
 def cs_from_args(args: argparse.Namespace) -> CSHparams:

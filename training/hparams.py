@@ -187,26 +187,35 @@ def add_flags(parser: argparse.ArgumentParser, section_names: list[str], default
     """Add one flag per field of the named sections; defaults are left unset (``SUPPRESS``). The
     help shows a field's default: the command's own (``defaults``, by field name) where it has one."""
     for name in section_names:
-        kind = SECTIONS[name]
-        group = parser.add_argument_group(f"{name} hyperparameters")
-        hints = typing.get_type_hints(kind)
-        for f in fields(kind):
-            hint = hints[f.name]
-            shown = (defaults or {}).get(f.name, f.default)
-            help_text = f.metadata["help"] + ("" if shown is None else f" (default: {shown})")
-            kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_text, dest=f.name)
-            if hint is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            elif hint == Optional[bool]:
-                kwargs["type"] = _parse_optional_bool
-                kwargs["metavar"] = "{true,false,auto}"
+        add_dataclass_flags(parser.add_argument_group(f"{name} hyperparameters"), SECTIONS[name], defaults=defaults)
+
+
+def add_dataclass_flags(group, kind: type, dest_prefix: str = "", defaults: Optional[dict] = None) -> None:
+    """One flag per field of dataclass ``kind`` (fields made with ``_f``-style metadata: ``help``,
+    optional ``choices`` and ``flag``, a short form) on argparse ``group``; each stored as
+    ``dest_prefix + field name``, left unset when not given (``SUPPRESS``) so that presets and a
+    command's own defaults can fill it. Used by the four sections and by algorithms' own settings."""
+    hints = typing.get_type_hints(kind)
+    for f in fields(kind):
+        hint = hints[f.name]
+        shown = (defaults or {}).get(f.name, f.default)
+        help_text = f.metadata["help"] + ("" if shown is None else f" (default: {shown})")
+        kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_text, dest=dest_prefix + f.name)
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif hint == Optional[bool]:
+            kwargs["type"] = _parse_optional_bool
+            kwargs["metavar"] = "{true,false,auto}"
+        else:
+            base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
+            kwargs["type"] = finite_float if base is float else base
+            choices = f.metadata.get("choices")
+            if choices:
+                kwargs["choices"] = choices() if callable(choices) else choices
             else:
-                base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
-                kwargs["type"] = finite_float if base is float else base
-                choices = f.metadata.get("choices")
-                if choices:
-                    kwargs["choices"] = choices() if callable(choices) else choices
-            group.add_argument(*([SHORT_FLAGS[f.name]] if f.name in SHORT_FLAGS else []), _flag(f.name), **kwargs)
+                kwargs["metavar"] = f.name.upper()
+        short = f.metadata.get("flag") or SHORT_FLAGS.get(f.name)
+        group.add_argument(*([short] if short else []), _flag(f.name), **kwargs)
 
 
 def build_config(

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -61,7 +60,7 @@ from .continuous_sparsification import (
 from .cost import training_cost
 from .errors import UserError
 from .extensions import Extension, ParamGroup
-from .hparams import Config, TrainingHparams, dumps, finite_float
+from .hparams import Config, TrainingHparams, add_dataclass_flags, dumps
 from .loop import train
 from .masks import WeightForm, _StraightThrough, apply_mask, dense_mask, parametrize_weights
 from .metrics_log import MetricsLog
@@ -342,24 +341,7 @@ def _search_round(run: Run, r: int, iss: ISSHparams, hp: TrainingHparams, names:
 def _add_iss_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="search rounds; each round's ticket is trained and recorded "
                                                    "(default: 3)")
-    group = parser.add_argument_group("iterative stochastic sparsification hyperparameters")
-    hints = typing.get_type_hints(ISSHparams)
-    for f in fields(ISSHparams):
-        hint = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        names = [flag] if f.metadata["flag"] is None else [f.metadata["flag"], flag]
-        kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS, dest=f"iss_{f.name}",
-                                      help=f.metadata["help"] + ("" if f.default is None else f" (default: {f.default})"))
-        if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["metavar"] = f.name.upper()
-            base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
-            kwargs["type"] = finite_float if base is float else base
-            if f.metadata["choices"]:
-                kwargs["choices"] = f.metadata["choices"]
-                del kwargs["metavar"]
-        group.add_argument(*names, **kwargs)
+    add_dataclass_flags(parser.add_argument_group("iterative stochastic sparsification hyperparameters"), ISSHparams, dest_prefix="iss_")
 
 
 def iss_from_args(args: argparse.Namespace) -> ISSHparams:
