@@ -71,6 +71,7 @@ from .cost import training_cost
 from .errors import UserError
 from .extensions import Extension, ParamGroup
 from .hparams import Config, TrainingHparams, add_dataclass_flags, dumps
+from .imp import train_level_zero, train_ticket
 from .loop import Schedule, train
 from .masks import SigmoidMask, apply_mask, dense_mask, parametrize_weights, plain_weights_and_mask, prunable_names
 from .metrics_log import MetricsLog
@@ -331,10 +332,7 @@ def run_cs(config: Config, cs: Optional[CSHparams] = None, rounds: int = 3, *, o
         evaluated_level(run, 0, run.mask_for(0, lambda: dense_mask(run.new_model())))
     if not run.level_done(0):
         model = run.new_model()
-        mask = run.mask_for(0, lambda: dense_mask(model))
-        if not (run.level_dir(0) / "init.pt").exists():
-            run.save(model, mask, 0, 0, "init")
-        run.train_level(0, model, mask, start=0, save_points={k}, on_save=lambda t: run.save(model, mask, t, 0, "rewind"))
+        train_level_zero(run, model, run.mask_for(0, lambda: dense_mask(model)), rewind=k)
 
     for r in range(1, rounds + 1):
         scores_path = run.level_dir(r) / "scores.pt"
@@ -345,15 +343,7 @@ def run_cs(config: Config, cs: Optional[CSHparams] = None, rounds: int = 3, *, o
             evaluated_level(run, r, mask, {"cs_round": r})
         if not run.level_done(r):
             mask = run.mask_for(r, lambda: {n: m.to(torch.bool) for n, m in _read_scores(scores_path)["mask"].items()})
-            model = run.new_model()
-            apply_mask(model, mask)
-            if not (run.level_dir(r) / "init.pt").exists():
-                run.save(model, mask, 0, r, "init")
-            model.load_state_dict(run.load_state(0, "rewind"))
-            apply_mask(model, mask)
-            if not (run.level_dir(r) / "rewind.pt").exists():
-                run.save(model, mask, k, r, "rewind")
-            run.train_level(r, model, mask, start=k, meta={"cs_round": r})
+            train_ticket(run, r, mask, k, meta={"cs_round": r})
         _write_summary(run, rounds)
     entries = _write_summary(run, rounds)
     if progress:

@@ -103,20 +103,12 @@ def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_d
                             target_density=target, context=context)
 
         mask = run.mask_for(level, make_mask)
-        model = run.new_model()
         if level == 0:
-            train_level_zero(run, model, mask)
+            train_level_zero(run, run.new_model(), mask)
         elif pruning.finetune:
-            finetune_level(run, level, model, mask)
+            finetune_level(run, level, run.new_model(), mask)
         else:
-            apply_mask(model, mask)
-            if not (run.level_dir(level) / "init.pt").exists():
-                run.save(model, mask, 0, level, "init")
-            model.load_state_dict(run.load_state(0, "rewind"))
-            apply_mask(model, mask)
-            if not (run.level_dir(level) / "rewind.pt").exists():
-                run.save(model, mask, k, level, "rewind")
-            run.train_level(level, model, mask, start=k)
+            train_ticket(run, level, mask, k)
         run.write_summary()
     entries = run.write_summary()
     if progress:
@@ -174,8 +166,9 @@ def finetune_level(run: Run, level: int, model, mask: Mask) -> dict:
                            meta={"finetune": info})
 
 
-def train_level_zero(run: Run, model, mask) -> None:
-    """Level 0 of a lottery run: dense training from W^0 to T, keeping W^k as ``rewind.pt``.
+def train_level_zero(run: Run, model, mask, rewind: Optional[int] = None) -> None:
+    """Level 0 of a lottery run: dense training from W^0 to T, keeping W^k as ``rewind.pt`` (k: the
+    run's rewind point, or ``rewind`` iterations for an algorithm that keeps its own).
 
     With early stopping, training goes on at least to k (``train`` never stops before its last save
     point), so ``rewind.pt`` always exists for the later levels."""
@@ -185,7 +178,23 @@ def train_level_zero(run: Run, model, mask) -> None:
     def keep_rewind(t: int) -> None:
         run.save(model, mask, t, 0, "rewind")
 
-    run.train_level(0, model, mask, start=0, save_points={run.rewind_iteration}, on_save=keep_rewind)
+    k = run.rewind_iteration if rewind is None else rewind
+    run.train_level(0, model, mask, start=0, save_points={k}, on_save=keep_rewind)
+
+
+def train_ticket(run: Run, level: int, mask: Mask, rewind: int, meta: Optional[dict] = None) -> None:
+    """Level ``level`` of a lottery run: the ticket ``mask`` saved on W^0 (``init.pt``), then level
+    0's W^k under the mask (``rewind.pt``, iteration ``rewind``) trained to the end with the pruned
+    weights held at zero; ``meta`` is added to ``final.pt``'s metadata."""
+    model = run.new_model()
+    apply_mask(model, mask)
+    if not (run.level_dir(level) / "init.pt").exists():
+        run.save(model, mask, 0, level, "init")
+    model.load_state_dict(run.load_state(0, "rewind"))
+    apply_mask(model, mask)
+    if not (run.level_dir(level) / "rewind.pt").exists():
+        run.save(model, mask, rewind, level, "rewind")
+    run.train_level(level, model, mask, start=rewind, meta=meta)
 
 
 def run_train(config: Config, save_at: str = "", *, out: str | Path = "runs", data_dir: Optional[str] = None,

@@ -61,8 +61,9 @@ from .cost import training_cost
 from .errors import UserError
 from .extensions import Extension, ParamGroup
 from .hparams import Config, TrainingHparams, add_dataclass_flags, dumps
+from .imp import train_level_zero, train_ticket
 from .loop import train
-from .masks import WeightForm, _StraightThrough, apply_mask, dense_mask, parametrize_weights
+from .masks import WeightForm, _StraightThrough, dense_mask, parametrize_weights
 from .metrics_log import MetricsLog
 from .runs import Run, resolve_device
 from .seeding import derive_seed, generator
@@ -238,10 +239,7 @@ def run_iss(config: Config, iss: Optional[ISSHparams] = None, rounds: int = 3, *
         evaluated_level(run, 0, run.mask_for(0, lambda: dense_mask(run.new_model())))
     if not run.level_done(0):
         model = run.new_model()
-        mask = run.mask_for(0, lambda: dense_mask(model))
-        if not (run.level_dir(0) / "init.pt").exists():
-            run.save(model, mask, 0, 0, "init")
-        run.train_level(0, model, mask, start=0, save_points={k}, on_save=lambda t: run.save(model, mask, t, 0, "rewind"))
+        train_level_zero(run, model, run.mask_for(0, lambda: dense_mask(model)), rewind=k)
 
     for r in range(1, rounds + 1):
         scores_path = run.level_dir(r) / "scores.pt"
@@ -253,15 +251,7 @@ def run_iss(config: Config, iss: Optional[ISSHparams] = None, rounds: int = 3, *
         if iss.freeze_weights:
             evaluated_level(run, r, mask, {"iss_round": r})
             continue
-        model = run.new_model()
-        apply_mask(model, mask)
-        if not (run.level_dir(r) / "init.pt").exists():
-            run.save(model, mask, 0, r, "init")
-        model.load_state_dict(run.load_state(0, "rewind"))
-        apply_mask(model, mask)
-        if not (run.level_dir(r) / "rewind.pt").exists():
-            run.save(model, mask, k, r, "rewind")
-        run.train_level(r, model, mask, start=k, meta={"iss_round": r})
+        train_ticket(run, r, mask, k, meta={"iss_round": r})
         _write_summary(run, rounds)
     entries = _write_summary(run, rounds)
     if progress:
