@@ -38,7 +38,7 @@ def tiny_config(**training) -> Config:
 def runs(tmp_path_factory, data_dir):
     """Three tiny finished runs for the analysis tools: two dense logistic regressions from
     different seeds (the first with a checkpoint at iteration 5) and a 2-level IMP run."""
-    from training.imp import run_imp, run_train
+    from training.algorithms.imp import run_imp, run_train
 
     out = tmp_path_factory.mktemp("runs")
     cfg = tiny_config(train_for="2ep")

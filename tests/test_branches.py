@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import training.runs
+import training.engine.runs
 from analysis.connectivity import instability
 from tests.conftest import tiny_config
-from training.branches import train_branch
-from training.checkpoint import read_checkpoint
+from training.engine.branches import train_branch
+from training.engine.checkpoint import read_checkpoint
 from training.errors import UserError
-from training.imp import run_imp
-from training.rise import run_rise
+from training.algorithms.imp import run_imp
+from training.algorithms.rise import run_rise
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_instability_twice_trains_nothing_the_second_time(imp, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished branch was trained again")
 
-    monkeypatch.setattr(training.runs, "train", no_training)
+    monkeypatch.setattr(training.engine.runs, "train", no_training)
     second = instability(rewind, points=3, progress=False)
     assert second["copies"] == copies and second["test_error"] == first["test_error"]
     assert [p.stat().st_mtime_ns for c in copies for p in Path(c).parent.iterdir()] == stamps

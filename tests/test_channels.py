@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from tests.conftest import tiny_config
-from training.channels import channel_pairs, channels_kept, prune_channels
+from training.sparsity.channels import channel_pairs, channels_kept, prune_channels
 from training.errors import UserError
-from training.imp import run_imp
-from training.masks import apply_mask, dense_mask, is_nested
+from training.algorithms.imp import run_imp
+from training.sparsity.masks import apply_mask, dense_mask, is_nested
 from training.models import build_model
 
 
@@ -99,7 +99,7 @@ def test_slimming_ranks_bn_scales_across_layers():
 def test_bn_l1_shrinks_scales(data_dir, tmp_path):
     from training.data import load_dataset
     from training.hparams import TrainingHparams
-    from training.loop import train
+    from training.engine.loop import train
 
     cfg = tiny_config()
     data = load_dataset(cfg.dataset)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
-from training.checkpoint import atomic_save, load, read_checkpoint
+from training.engine.checkpoint import atomic_save, load, read_checkpoint
 from training.errors import UserError
-from training.imp import run_imp
+from training.algorithms.imp import run_imp
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     import os
     import stat
 
-    from training.checkpoint import atomic_write_text
+    from training.engine.checkpoint import atomic_write_text
 
     atomic_write_text(tmp_path / "a.json", "{}")
     (tmp_path / "b.json").write_text("{}")
@@ -146,9 +146,9 @@ def test_a_learned_mask_model_is_stored_as_plain_weights_and_its_binary_mask(tmp
     """Every algorithm's checkpoint reads like IMP's: raw weights under the plain model's names,
     zero outside the mask, and the mask s > 0 (ANDed with a given mask); load() rebuilds it."""
     from training.hparams import DatasetHparams
-    from training.masks import SigmoidMask, parametrize_weights
+    from training.sparsity.masks import SigmoidMask, parametrize_weights
     from training.models import build_model
-    from training.checkpoint import make_checkpoint
+    from training.engine.checkpoint import make_checkpoint
 
     model = build_model("mnist1d_mlp", 10, (1, 40), 0)
     raw = {k: v.clone() for k, v in model.state_dict().items()}

@@ -5,7 +5,7 @@ import torch
 
 from analysis.connectivity import connect, instability
 from analysis.connectivity import main as connectivity_main
-from training.checkpoint import read_checkpoint
+from training.engine.checkpoint import read_checkpoint
 from training.errors import UserError
 
 
@@ -38,8 +38,8 @@ def test_incompatible_checkpoints_are_refused(runs):
 
 
 def test_instability_of_a_ticket_and_cli(runs, tmp_path, capsys):
-    from training.checkpoint import load
-    from training.loop import evaluate
+    from training.engine.checkpoint import load
+    from training.engine.loop import evaluate
 
     _, _, imp = runs
     r = instability(imp.dir / "level_1" / "rewind.pt", points=5, progress=False)

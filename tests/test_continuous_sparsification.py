@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import tiny_config
-from training.checkpoint import load, read_checkpoint
-from training.continuous_sparsification import (
+from training.engine.checkpoint import load, read_checkpoint
+from training.algorithms.continuous_sparsification import (
     CSHparams,
     ContinuousSparsification,
     beta_at,
@@ -22,10 +22,10 @@ from training.continuous_sparsification import (
     run_cs,
 )
 from training.data import TrainBatches, load_dataset
-from training.loop import train
-from training.masks import SigmoidMask
+from training.engine.loop import train
+from training.sparsity.masks import SigmoidMask
 from training.models import build_model
-from training.seeding import derive_seed
+from training.engine.seeding import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 

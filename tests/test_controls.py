@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
-from training.checkpoint import read_checkpoint
-from training.controls import random_mask_like, run_control
+from training.engine.checkpoint import read_checkpoint
+from training.algorithms.controls import random_mask_like, run_control
 from training.errors import UserError
-from training.imp import run_imp
+from training.algorithms.imp import run_imp
 from training.models import build_model
-from training.steps import Step
+from training.engine.steps import Step
 
 
 @pytest.fixture(scope="module")

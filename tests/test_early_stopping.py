@@ -7,9 +7,9 @@ import torch
 
 from tests.conftest import tiny_config
 from training.__main__ import main
-from training.checkpoint import read_checkpoint
-from training.imp import run_imp
-from training.ticket_search import run_ticket_search
+from training.engine.checkpoint import read_checkpoint
+from training.algorithms.imp import run_imp
+from training.algorithms.ticket_search import run_ticket_search
 
 
 def config(**training):
@@ -87,7 +87,7 @@ def test_ticket_search_replicates(data_dir, tmp_path):
         PruningHparams,
         TrainingHparams,
     )
-    from training.ticket_search import DEFAULTS
+    from training.algorithms.ticket_search import DEFAULTS
 
     cfg = Config(DatasetHparams(mnist1d_samples=500, val_fraction=DEFAULTS["val_fraction"]),
                  ModelHparams("mnist1d_mlp"), TrainingHparams(train_for="2ep", batch_size=40, early_stopping=2),

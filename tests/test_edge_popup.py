@@ -9,13 +9,13 @@ import torch
 
 from tests.conftest import tiny_config
 from training.__main__ import main
-from training.checkpoint import load, read_checkpoint
-from training.edge_popup import EdgePopupHparams, attach_scores, freeze_random_weights, run_edge_popup
+from training.engine.checkpoint import load, read_checkpoint
+from training.algorithms.edge_popup import EdgePopupHparams, attach_scores, freeze_random_weights, run_edge_popup
 from training.errors import UserError
-from training.loop import evaluate
-from training.masks import prunable_names
+from training.engine.loop import evaluate
+from training.sparsity.masks import prunable_names
 from training.models import build_model
-from training.runs import load_mask
+from training.engine.runs import load_mask
 
 
 def config(model="mnist1d_mlp", **training):
@@ -66,7 +66,7 @@ def test_every_layer_keeps_round_k_n_and_every_weight_stays_w0(data_dir, tmp_pat
 
 
 def test_found_subnetwork_beats_random_ones_and_loads_as_the_subnetwork(data_dir, tmp_path):
-    """The final checkpoint loads (training.checkpoint.load) as the network the run evaluated, and
+    """The final checkpoint loads (training.engine.checkpoint.load) as the network the run evaluated, and
     analysis.supermask, reading W^0 from init.pt, scores that same subnetwork far above random masks
     with the same number of weights in every layer."""
     from analysis.supermask import supermask_report

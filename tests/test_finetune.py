@@ -7,12 +7,12 @@ import torch
 
 from tests.conftest import tiny_config
 from training.__main__ import main
-from training.checkpoint import read_checkpoint
-from training.controls import run_control
-from training.cost import training_cost
+from training.engine.checkpoint import read_checkpoint
+from training.algorithms.controls import run_control
+from training.engine.cost import training_cost
 from training.hparams import Config, PruningHparams
-from training.imp import run_imp
-from training.masks import is_nested
+from training.algorithms.imp import run_imp
+from training.sparsity.masks import is_nested
 from training.models import build_model
 
 IPE = 10  # tiny_config: 400 training examples, batch 40
@@ -178,7 +178,7 @@ def test_finetuning_after_network_slimming(data_dir, tmp_path):
 
 
 def test_a_branch_of_a_finetuned_level_continues_the_finetuning(parent):
-    from training.branches import train_branch
+    from training.engine.branches import train_branch
 
     final = read_checkpoint(train_branch(parent.dir / "level_1" / "rewind.pt", "copy", seed=5, progress=False))
     assert final["step"]["iteration"] == 2 * IPE  # the fine-tuning's 2 epochs, not the schedule's 3

@@ -22,7 +22,7 @@ from analysis.hessian import (
 )
 from training.errors import UserError
 from tests.conftest import tiny_config
-from training.imp import run_imp, run_train
+from training.algorithms.imp import run_imp, run_train
 
 
 def small_problem(seed=0, n=24):

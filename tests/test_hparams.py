@@ -4,7 +4,7 @@ import pytest
 from training.__main__ import make_parser
 from training.errors import UserError
 from training.hparams import Config, TrainingHparams, build_config
-from training.steps import Step, parse_steps
+from training.engine.steps import Step, parse_steps
 
 SECTIONS = ["dataset", "model", "training", "pruning"]
 

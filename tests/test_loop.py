@@ -8,11 +8,11 @@ from tests.conftest import tiny_config
 from training.data import load_dataset
 from training.errors import UserError
 from training.hparams import TrainingHparams
-from training.loop import Schedule, check_lengths, train
-from training.masks import dense_mask
-from training.metrics_log import MetricsLog
+from training.engine.loop import Schedule, check_lengths, train
+from training.sparsity.masks import dense_mask
+from training.engine.metrics_log import MetricsLog
 from training.models import build_model
-from training.pruning import prune
+from training.sparsity.pruning import prune
 
 
 @pytest.mark.parametrize("optimizer,extra", [("sgd", dict(momentum=0.9, nesterov=True)), ("sgd", {}),

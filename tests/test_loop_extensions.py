@@ -1,5 +1,5 @@
-"""The training loop's extension points (training.extensions) and the learned-mask weight forms
-(training.masks): loss terms, parameter groups with their own optimizers, step hooks, resume,
+"""The training loop's extension points (training.engine.extensions) and the learned-mask weight forms
+(training.sparsity.masks): loss terms, parameter groups with their own optimizers, step hooks, resume,
 and the export to plain weights + a binary mask."""
 import copy
 import json
@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from tests.conftest import tiny_config
 from training.data import TrainBatches, load_dataset
-from training.extensions import BatchNormL1, Extension, ParamGroup
-from training.loop import check_lengths, train
-from training.masks import (
+from training.engine.extensions import BatchNormL1, Extension, ParamGroup
+from training.engine.loop import check_lengths, train
+from training.sparsity.masks import (
     SigmoidMask,
     TopKMask,
     apply_mask,
@@ -20,10 +20,10 @@ from training.masks import (
     parametrize_weights,
     plain_weights_and_mask,
 )
-from training.metrics_log import MetricsLog
+from training.engine.metrics_log import MetricsLog
 from training.models import build_model
-from training.pruning import prune
-from training.seeding import derive_seed
+from training.sparsity.pruning import prune
+from training.engine.seeding import derive_seed
 
 
 @pytest.fixture(scope="module")

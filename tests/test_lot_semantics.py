@@ -5,7 +5,7 @@ import json
 import pytest
 
 from training.__main__ import main
-from training.checkpoint import read_checkpoint
+from training.engine.checkpoint import read_checkpoint
 
 
 def tiny(tmp_path, data_dir):

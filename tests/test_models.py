@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from training.errors import UserError
-from training.masks import output_name
+from training.sparsity.masks import output_name
 from training.models import MODELS, build_model
 
 SHAPES = {"mnist1d_mlp": (1, 40), "mnist1d_cnn": (1, 40), "mnist1d_cnn_bn": (1, 40), "lenet_300_100": (1, 28, 28), "lenet5": (1, 28, 28),

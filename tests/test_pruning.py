@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from training.errors import UserError
-from training.masks import (
+from training.sparsity.masks import (
     MaskEnforcer,
     apply_mask,
     count,
@@ -18,7 +18,7 @@ from training.masks import (
     output_name,
     prunable_names,
 )
-from training.pruning import lamp_scores, layer_rates, prune
+from training.sparsity.pruning import lamp_scores, layer_rates, prune
 
 shapes = st.lists(st.tuples(st.integers(1, 6), st.integers(1, 6)), min_size=1, max_size=4)
 

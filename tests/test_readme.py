@@ -60,7 +60,7 @@ def test_theory_commands_parse():
 
 @pytest.mark.parametrize("variable, argv", [("RUN", ["imp"]), ("TRAIN", ["train", "--save-at", "0,1ep,2ep,5ep"])])
 def test_run_folders_named_in_the_readme_are_the_commands_folders(variable, argv, monkeypatch, tmp_path):
-    import training.runs
+    import training.engine.runs
     from training.__main__ import main
     from training.hparams import Config
 
@@ -76,7 +76,7 @@ def test_run_folders_named_in_the_readme_are_the_commands_folders(variable, argv
     def stop(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(training.runs, "load_dataset", stop)  # the folder's name is known by then
+    monkeypatch.setattr(training.engine.runs, "load_dataset", stop)  # the folder's name is known by then
     with pytest.raises(Stop):
         main([*argv, "--out", str(tmp_path)])
     algorithm, digest = hashes[-1]

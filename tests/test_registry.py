@@ -1,5 +1,5 @@
-"""The registries: commands (``training.commands``), scores (``training.pruning.SCORES``), datasets
-(``training.data.DATASET_SPECS``) and controls (``training.controls.CONTROLS``). A new entry is one
+"""The registries: commands (``training.commands``), scores (``training.sparsity.pruning.SCORES``), datasets
+(``training.data.DATASET_SPECS``) and controls (``training.algorithms.controls.CONTROLS``). A new entry is one
 registry line: nothing else (``training/__main__.py`` least of all) needs an edit."""
 import argparse
 
@@ -10,11 +10,11 @@ import torch
 import training.commands as commands
 from training.__main__ import main, make_parser, prepare
 from training.commands import Command, prepare_run, run_flags
-from training.controls import CONTROLS, Control, control_named
+from training.algorithms.controls import CONTROLS, Control, control_named
 from training.data import DATASET_SPECS, DatasetSpec, load_dataset
 from training.errors import UserError
 from training.hparams import SECTIONS, DatasetHparams
-from training.pruning import SCORE_KINDS, SCORES, Score, prune, score_named
+from training.sparsity.pruning import SCORE_KINDS, SCORES, Score, prune, score_named
 
 # Captured from the CLI before the registry (hand-built sub-parsers and an if-chain in prepare):
 # each command's own flags and the defaults they parse to.

@@ -7,15 +7,15 @@ from torch import nn
 
 from tests.conftest import tiny_config
 from training.__main__ import main
-from training.checkpoint import load, read_checkpoint
-from training.cost import examples_processed, layer_macs, per_example_cost
+from training.engine.checkpoint import load, read_checkpoint
+from training.engine.cost import examples_processed, layer_macs, per_example_cost
 from training.data import load_dataset
-from training.loop import check_lengths, train
-from training.masks import dense_mask
+from training.engine.loop import check_lengths, train
+from training.sparsity.masks import dense_mask
 from training.models import build_model
-from training.pruning import prune
-from training.rise import run_rise
-from training.runs import load_mask
+from training.sparsity.pruning import prune
+from training.algorithms.rise import run_rise
+from training.engine.runs import load_mask
 
 
 def test_frozen_weights_are_bit_identical_after_every_step(data_dir):

@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import tiny_config
 from training.errors import UserError
-from training.imp import run_imp
+from training.algorithms.imp import run_imp
 
 LEVELS, EPOCHS = 2, 3
 
@@ -73,7 +73,7 @@ def test_lock_of_a_killed_process_does_not_block_a_rerun(data_dir, tmp_path):
 
 
 def test_lock_is_shared_within_a_process_and_released_on_close(data_dir, tmp_path):
-    from training.runs import _held
+    from training.engine.runs import _held
 
     a = run_imp(tiny_config(train_for="1ep"), levels=1, out=tmp_path, progress=False)
     b = run_imp(tiny_config(train_for="1ep"), levels=1, out=tmp_path, progress=False)  # a still exists
@@ -145,7 +145,7 @@ def test_every_run_records_its_software(finished):
 
 
 def test_git_commit_is_read_from_the_repository_files(tmp_path):
-    from training.provenance import git_commit
+    from training.engine.provenance import git_commit
 
     assert git_commit(tmp_path) is None  # not a repository
     git = tmp_path / ".git"
@@ -186,7 +186,7 @@ def test_old_folder_without_provenance_resumes_and_version_change_is_recorded(fi
 
 @pytest.mark.parametrize("where", ["names a file", "under a file", "under /proc"])
 def test_unwritable_output_folder_fails_before_any_work(data_dir, tmp_path, where, monkeypatch):
-    import training.runs
+    import training.engine.runs
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -195,7 +195,7 @@ def test_unwritable_output_folder_fails_before_any_work(data_dir, tmp_path, wher
     def no_data(*args, **kwargs):
         raise AssertionError("the dataset was loaded before the output folder was checked")
 
-    monkeypatch.setattr(training.runs, "load_dataset", no_data)
+    monkeypatch.setattr(training.engine.runs, "load_dataset", no_data)
     with pytest.raises(UserError) as info:
         run_imp(tiny_config(), levels=1, out=out, progress=False)
     assert "\n" not in str(info.value) and str(info.value).startswith(f"--out {out}")
@@ -232,3 +232,28 @@ def test_summary_and_metrics_read_with_pandas(finished):
     assert len(metrics) == len((finished.dir / "metrics.jsonl").read_text().splitlines()) == 2 * 3
     assert set(metrics["level"]) == {0, 1} and metrics["test_accuracy"].between(0, 1).all()
     assert metrics["train_loss"].isna().sum() == 2  # the evaluation at each level's start has no training loss
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def test_a_folder_made_before_the_package_layout_changed_resumes(data_dir, tmp_path):
+    """tests/fixtures/imp-41f017f4e4a2 was written by commit c18a863, before training/ moved into
+    algorithms/, sparsity/ and engine/: `imp --model linear --train-for 2ep --levels 1`. The same
+    command with --levels 2 today must find that folder (same hash), keep level 0 byte for byte, and
+    train level 1 exactly as a fresh run of today's code does."""
+    from training.__main__ import main
+
+    old = shutil.copytree(os.path.join(FIXTURES, "imp-41f017f4e4a2"), tmp_path / "old" / "imp-41f017f4e4a2")
+    level0 = {p.name: p.read_bytes() for p in (old / "level_0").iterdir()}
+    argv = ["imp", "--model", "linear", "--train-for", "2ep", "--levels", "2", "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "old")]) in (None, 0)
+    assert {p.name: p.read_bytes() for p in (old / "level_0").iterdir()} == level0
+    assert main(argv + ["--out", str(tmp_path / "new")]) in (None, 0)
+    fresh = tmp_path / "new" / "imp-41f017f4e4a2"
+    a = torch.load(old / "level_1" / "final.pt", weights_only=True)
+    b = torch.load(fresh / "level_1" / "final.pt", weights_only=True)
+    for part in ("state_dict", "mask"):
+        assert a[part] and a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    assert 0 < sum(int(m.sum()) for m in a["mask"].values()) < sum(m.numel() for m in a["mask"].values())

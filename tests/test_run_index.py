@@ -21,8 +21,8 @@ from training.__main__ import main
 def root(tmp_path_factory, data_dir):
     """ROOT with a finished 2-level IMP run (and a reinit control of its level 1) and a dense run
     at lr 0.1; every lock released."""
-    from training.controls import run_control
-    from training.imp import run_imp, run_train
+    from training.algorithms.controls import run_control
+    from training.algorithms.imp import run_imp, run_train
 
     out = tmp_path_factory.mktemp("runs")
     imp = run_imp(tiny_config(train_for="2ep"), levels=2, out=out, progress=False)
@@ -54,13 +54,13 @@ def _imp(root) -> Path:
 
 
 def test_lists_each_run_with_its_settings_levels_status_and_last_accuracy(root, capsys, monkeypatch):
-    import training.checkpoint
+    import training.engine.checkpoint
 
     def no_checkpoints(*args, **kwargs):
         raise AssertionError("the index read a checkpoint")
 
     monkeypatch.setattr(torch, "load", no_checkpoints)
-    monkeypatch.setattr(training.checkpoint, "safe_load", no_checkpoints)
+    monkeypatch.setattr(training.engine.checkpoint, "safe_load", no_checkpoints)
     code, out, err = _list(capsys, root)
     assert code == 0 and err == ""
     imp = _imp(root)
@@ -98,7 +98,7 @@ def test_branches_are_listed_under_their_parent(root, capsys):
 
 
 def test_a_run_whose_lock_is_held_is_running_with_the_holders_pid(root, capsys):
-    from training.runs import FolderLock
+    from training.engine.runs import FolderLock
 
     lock = FolderLock(_imp(root))
     try:
@@ -114,8 +114,8 @@ def test_a_run_whose_lock_is_held_is_running_with_the_holders_pid(root, capsys):
 
 
 def test_stopped_runs_and_levels_asked_for(root, tmp_path, capsys):
-    from training.imp import run_imp
-    from training.runs import Run, resolve_device
+    from training.algorithms.imp import run_imp
+    from training.engine.runs import Run, resolve_device
 
     calls = []
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
-from training.checkpoint import read_checkpoint
-from training.imp import run_imp, run_train
-from training.masks import is_nested
+from training.engine.checkpoint import read_checkpoint
+from training.algorithms.imp import run_imp, run_train
+from training.sparsity.masks import is_nested
 from training.errors import UserError
-from training.runs import load_mask
+from training.engine.runs import load_mask
 
 
 def test_imp_levels_rewind_and_nest(data_dir, tmp_path):

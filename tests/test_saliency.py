@@ -3,14 +3,14 @@ import pytest
 import torch
 from torch import nn
 
-from training.checkpoint import load
-from training.cost import layer_macs, per_example_cost
+from training.engine.checkpoint import load
+from training.engine.cost import layer_macs, per_example_cost
 from training.errors import UserError
-from training.loop import evaluate
-from training.masks import dense_mask
+from training.engine.loop import evaluate
+from training.sparsity.masks import dense_mask
 from training.models import build_model
-from training.pruning import prune
-from training.saliency import ScoreContext, snip_scores, synflow_scores
+from training.sparsity.pruning import prune
+from training.sparsity.saliency import ScoreContext, snip_scores, synflow_scores
 
 
 def test_synflow_by_hand():
@@ -61,7 +61,7 @@ def test_at_init_run_end_to_end(score, data_dir, tmp_path):
     import json
 
     from tests.conftest import tiny_config
-    from training.at_init import run_at_init
+    from training.algorithms.at_init import run_at_init
 
     cfg = tiny_config(train_for="2ep")
     cfg.pruning.score, cfg.pruning.target_density = score, 0.2
@@ -78,9 +78,9 @@ def test_at_init_run_end_to_end(score, data_dir, tmp_path):
 
 
 def test_at_init_checkpoints_hold_zeros_at_pruned_positions(data_dir, tmp_path):
-    """The file contract: init.pt is W^0 * M, read raw, without training.checkpoint's help."""
+    """The file contract: init.pt is W^0 * M, read raw, without training.engine.checkpoint's help."""
     from tests.conftest import tiny_config
-    from training.at_init import run_at_init
+    from training.algorithms.at_init import run_at_init
 
     cfg = tiny_config(train_for="1ep")
     cfg.pruning.score, cfg.pruning.target_density = "magnitude", 0.1

@@ -7,11 +7,11 @@ import torch
 
 from tests.conftest import tiny_config
 from training.__main__ import main
-from training.channels import channel_pairs
-from training.checkpoint import read_checkpoint
+from training.sparsity.channels import channel_pairs
+from training.engine.checkpoint import read_checkpoint
 from training.errors import UserError
-from training.imp import run_imp
-from training.masks import dense_mask
+from training.algorithms.imp import run_imp
+from training.sparsity.masks import dense_mask
 from training.models import build_model
 
 

@@ -15,10 +15,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from tests.conftest import tiny_config
-from training.checkpoint import load, read_checkpoint
+from training.engine.checkpoint import load, read_checkpoint
 from training.models import build_model
-from training.seeding import generator
-from training.stochastic_sparsification import (
+from training.engine.seeding import generator
+from training.algorithms.stochastic_sparsification import (
     BernoulliMask,
     ISSHparams,
     StochasticSparsification,

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from training.checkpoint import read_checkpoint
+from training.engine.checkpoint import read_checkpoint
 from training.errors import UserError
 
 
 def test_supermask_with_everything_kept_is_the_init_network(runs):
     from analysis.supermask import supermask_accuracy, supermask_report
-    from training.checkpoint import load
+    from training.engine.checkpoint import load
 
     _, _, imp = runs
     loaded = load(imp.dir / "level_1" / "final.pt")
@@ -16,7 +16,7 @@ def test_supermask_with_everything_kept_is_the_init_network(runs):
     everything = {k: torch.ones_like(v) for k, v in loaded.mask.items()}
     assert supermask_accuracy(w0, everything, loaded.dataset) == supermask_accuracy(w0, None, loaded.dataset)
     init = load(imp.dir / "level_0" / "init.pt")  # the run's own W^0 checkpoint
-    from training.loop import evaluate
+    from training.engine.loop import evaluate
 
     # with the biases at their W^0 values, the dense untrained network is exactly the run's W^0
     assert supermask_accuracy(w0, None, loaded.dataset, biases="init") == evaluate(init.model, init.dataset.test)[1]
@@ -65,8 +65,8 @@ def test_criteria_trained_under_each_mask_0_action_are_branches(runs):
     """--train: each criterion's mask is trained from the run's W^0 with the pruned weights at zero
     (mask-0 = zero) or frozen at W^0 (mask-0 = init); the reported accuracy is the trained network's."""
     from analysis.supermask import criteria_table
-    from training.checkpoint import load
-    from training.loop import evaluate
+    from training.engine.checkpoint import load
+    from training.engine.loop import evaluate
 
     _, _, imp = runs
     table = criteria_table(imp.dir / "level_1" / "final.pt", 0.5, train_masks=True, criteria=["large_final"])
@@ -91,8 +91,8 @@ def test_criteria_trained_under_each_mask_0_action_are_branches(runs):
 
 def test_supermask_reads_the_branch_w0_not_a_seed(runs, tmp_path):
     from analysis.supermask import initial_weights, supermask_accuracy, supermask_report
-    from training.checkpoint import load
-    from training.controls import run_control
+    from training.engine.checkpoint import load
+    from training.algorithms.controls import run_control
     from training.models import build_model
 
     _, _, imp = runs
@@ -170,8 +170,8 @@ def test_a_mistyped_checkpoint_keeps_the_previous_results(runs, tmp_path):
 def test_a_branch_that_starts_after_w0_reads_its_source_runs_w0(tmp_path, data_dir):
     from analysis.supermask import initial_weights
     from tests.conftest import tiny_config
-    from training.controls import run_control
-    from training.imp import run_imp
+    from training.algorithms.controls import run_control
+    from training.algorithms.imp import run_imp
 
     late = tiny_config(train_for="2ep")
     late.pruning.rewind = "1ep"

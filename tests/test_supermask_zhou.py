@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from training.checkpoint import load, read_checkpoint
+from training.engine.checkpoint import load, read_checkpoint
 from training.errors import UserError
-from training.loop import evaluate
+from training.engine.loop import evaluate
 
 
 def _pair():

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
-from training.checkpoint import read_checkpoint
+from training.engine.checkpoint import read_checkpoint
 from training.errors import UserError
-from training.imp import run_imp
+from training.algorithms.imp import run_imp
 from training.sweep import parse_grid, points, run_grid
 
 TINY = ["--model", "mnist1d_mlp", "--mnist1d-samples", "500", "--train-for", "2ep", "--batch-size", "40",
@@ -46,12 +46,12 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, data_dir):
 
 
 def test_a_crashing_run_is_reported_too(tmp_path, data_dir, monkeypatch):
-    import training.imp
+    import training.algorithms.imp
 
     def crash(*args, **kwargs):
         raise RuntimeError("something broke\nsecond line")
 
-    monkeypatch.setattr(training.imp, "run_imp", crash)
+    monkeypatch.setattr(training.algorithms.imp, "run_imp", crash)
     runs, _ = run_grid("imp", {"seed": [0, 1]}, [*TINY, "--out", str(tmp_path)], progress=False)
     assert [(r.status, r.error) for r in runs] == [("failed", "RuntimeError: something broke")] * 2
 
@@ -69,10 +69,10 @@ def test_bad_points_are_refused_before_any_run(tmp_path, data_dir):
 
 
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, data_dir, monkeypatch):
-    import training.imp
+    import training.algorithms.imp
 
     calls = []
-    real = training.imp.run_imp
+    real = training.algorithms.imp.run_imp
 
     def dies_on_the_second(*args, **kwargs):
         calls.append(1)
@@ -80,13 +80,13 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, data_dir, monkeypatch
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training.imp, "run_imp", dies_on_the_second)
+    monkeypatch.setattr(training.algorithms.imp, "run_imp", dies_on_the_second)
     base = [*TINY, "--out", str(tmp_path)]
     with pytest.raises(KeyboardInterrupt):
         run_grid("imp", {"seed": [0, 1]}, base, progress=False)
     first = next(tmp_path.glob("imp-*"))
     stamp = (first / "level_1" / "final.pt").stat().st_mtime_ns
-    monkeypatch.setattr(training.imp, "run_imp", real)
+    monkeypatch.setattr(training.algorithms.imp, "run_imp", real)
     runs, _ = run_grid("imp", {"seed": [0, 1]}, base, progress=False)
     assert [r.status for r in runs] == ["done", "done"]
     assert (first / "level_1" / "final.pt").stat().st_mtime_ns == stamp  # the finished run was not retrained

@@ -8,9 +8,9 @@ import argparse
 import sys
 from typing import Any, Callable, Optional
 
-from . import commands
-from .cli import ArgumentParser, run_command
-from .errors import UserError
+from training import commands
+from training.cli import ArgumentParser, run_command
+from training.errors import UserError
 
 RESUME_HINT = "interrupted: run the same command again to resume"
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, NoReturn, Optional, Union
 
-from .errors import UserError
+from training.errors import UserError
 
 
 

@@ -16,11 +16,11 @@ import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from .cli import add_threads_flag, check_threads, set_threads, writable_dir
-from .errors import UserError
+from training.cli import add_threads_flag, check_threads, set_threads, writable_dir
+from training.errors import UserError
 
 if TYPE_CHECKING:
-    from .hparams import Config
+    from training.hparams import Config
 
 TARTAGLIONE = 'Tartaglione 2022, "The rise of the lottery heroes"'
 HAVINGA = 'Havinga & Sawhney, "An analysis of neural network pruning in relation to the LTH"'
@@ -54,8 +54,9 @@ class Command:
 
 def registry() -> list[Command]:
     """Every command of ``python -m training``, in the order ``--help`` lists them."""
-    from . import at_init, continuous_sparsification, controls, edge_popup, imp, rise, ticket_search
-    from . import run_index, stochastic_sparsification
+    from training.algorithms import at_init, continuous_sparsification, controls, edge_popup, imp, rise, ticket_search
+    from training import run_index
+    from training.algorithms import stochastic_sparsification
 
     return [imp.IMP, imp.LOT, rise.RISE, continuous_sparsification.CS, stochastic_sparsification.ISS,
             edge_popup.EDGE_POPUP,
@@ -94,7 +95,7 @@ def run_flags(own: Callable[[argparse.ArgumentParser], None],
     hyperparameter of ``sections``, whose help shows the command's own ``defaults`` where given."""
 
     def add(parser: argparse.ArgumentParser) -> None:
-        from .hparams import add_flags
+        from training.hparams import add_flags
 
         own(parser)
         add_run_flags(parser)
@@ -127,11 +128,11 @@ def prepare_run(args: argparse.Namespace, run: Callable[..., Any], *, sections: 
     and dataset settings, the command's own ``check(config)``, and a writable ``--out``. Returns
     the function that sets the threads and calls ``run(config, out=..., data_dir=..., device=...,
     progress=...)``, returning what it returns."""
-    from .data import check_dataset_name
-    from .hparams import build_config, check_pruning
-    from .loop import check_training
-    from .models import check_model_name
-    from .runs import resolve_device
+    from training.data import check_dataset_name
+    from training.hparams import build_config, check_pruning
+    from training.engine.loop import check_training
+    from training.models import check_model_name
+    from training.engine.runs import resolve_device
 
     check_threads(args.threads)
     resolve_device(args.device)
@@ -156,9 +157,9 @@ def prepare_run(args: argparse.Namespace, run: Callable[..., Any], *, sections: 
 
 
 def _list() -> None:
-    from .data import DATASET_SPECS
-    from .models import MODELS
-    from .presets import PRESETS
+    from training.data import DATASET_SPECS
+    from training.models import MODELS
+    from training.presets import PRESETS
 
     print("models:")
     for name, fn in sorted(MODELS.items()):
@@ -172,7 +173,7 @@ def _list() -> None:
 
 
 def _sweep(argv: list[str]) -> int:
-    from .sweep import main
+    from training.sweep import main
 
     return main(argv)
 

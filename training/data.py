@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
-from .hparams import DatasetHparams, check_fraction
-from .seeding import generator
+from training.errors import UserError
+from training.hparams import DatasetHparams, check_fraction
+from training.engine.seeding import generator
 
 DATA_DIR_ENV = "LTH_DATA_DIR"
 VALIDATION_SPLIT_SEED = 0  # fixed so that every run of a dataset holds out the same examples
@@ -55,7 +55,7 @@ def check_data_dir(folder: Path, source: str, create: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{source} {folder} is a file, not a folder; give the folder that holds the datasets")
     if create:
-        from .cli import writable_dir
+        from training.cli import writable_dir
 
         writable_dir(folder, source)
     if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
 
-from .errors import UserError
+from training.errors import UserError
 
 
 def _f(default: Any, help: str, choices: Optional[list[str] | Callable[[], list[str]]] = None) -> Any:
@@ -25,7 +25,7 @@ def _f(default: Any, help: str, choices: Optional[list[str] | Callable[[], list[
 
 
 def _score_names() -> list[str]:
-    from .pruning import SCORES
+    from training.sparsity.pruning import SCORES
 
     return list(SCORES)
 
@@ -224,7 +224,7 @@ def build_config(
 ) -> Config:
     """Dataclass defaults, then ``base`` (a command's own defaults), then the preset's values,
     then the flags that were given."""
-    from .presets import preset_values
+    from training.presets import preset_values
 
     values = {**(base or {}), **(preset_values(preset) if preset else {})}
     given = vars(args)
@@ -254,7 +254,7 @@ def check_pruning(hp: "PruningHparams", finetune_allowed: bool = False) -> None:
     """Raise ``UserError`` naming the flag when ``--fraction`` or ``--target-density`` lies
     outside (0, 1), when ``-k`` is not a step, or when ``--finetune``/``--finetune-lr`` are given where they do not apply
     (``finetune_allowed``: IMP/LOT) or are out of range; commands call it before any work starts."""
-    from .steps import Step
+    from training.engine.steps import Step
 
     check_fraction(hp.fraction, "--fraction")
     Step.parse(hp.rewind, "-k/--rewind")

@@ -4,7 +4,7 @@ Each preset names its source. Fields not listed keep the dataclass defaults.
 """
 from __future__ import annotations
 
-from .errors import UserError
+from training.errors import UserError
 
 PRESETS: dict[str, dict] = {
     "mnist1d_demo": {

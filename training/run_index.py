@@ -30,9 +30,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .commands import Command
-from .errors import UserError
-from .hparams import SECTIONS
+from training.commands import Command
+from training.errors import UserError
+from training.hparams import SECTIONS
 
 RUN_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*-[0-9a-f]{12}$")  # ALGORITHM-HASH, NAME-HASH
 STATUSES = ("complete", "running", "stopped", "diverged", "damaged")
@@ -82,7 +82,7 @@ def lock_holder(folder: Path) -> Optional[str]:
     """The PID (as written in ``FOLDER/.lock``) of the process working in ``folder``, or None when
     no process holds its lock. The lock is tested by taking it shared and non-blocking, released
     at once; nothing is created."""
-    from .runs import LOCK_NAME, _read_holder
+    from training.engine.runs import LOCK_NAME, _read_holder
 
     try:
         fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
@@ -134,7 +134,7 @@ def _values_and_settings(config: dict) -> tuple[dict, list[str]]:
 def read_row(folder: Path, parent: Optional[Path] = None) -> RunRow:
     """The row of run folder ``folder`` (a branch of ``parent`` if given); never raises for a
     damaged folder: its status is ``damaged`` and ``reason`` says why."""
-    from .runs import planned_levels
+    from training.engine.runs import planned_levels
 
     name = folder.name
     row = RunRow(folder=folder, parent=parent, command=name.rsplit("-", 1)[0] if RUN_FOLDER.match(name) else "?")

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from .checkpoint import atomic_write_text
-from .cli import ArgumentParser
-from .errors import UserError
+from training.engine.checkpoint import atomic_write_text
+from training.cli import ArgumentParser
+from training.errors import UserError
 
 BACKENDS = ("local", "ray", "slurm")
 EXTRAS = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}  # backend: (module, pyproject extra)
@@ -40,7 +40,7 @@ ENVIRONMENT = ("LTH_DATA_DIR",)  # what a worker needs from this process's envir
 
 def runnable() -> tuple[str, ...]:
     """The commands a sweep can run: the registered ones marked ``sweepable``, in registry order."""
-    from .commands import registry
+    from training.commands import registry
 
     return tuple(c.name for c in registry() if c.sweepable)
 
@@ -110,7 +110,7 @@ def execute(argv: Sequence[str], cwd: Optional[str] = None, env: Optional[dict] 
     """Run one command line ``[COMMAND, flags...]`` in this process (a Ray task or a Slurm job calls
     this too), from folder ``cwd`` with ``env`` set; return (status, folder, metrics, error), status
     ``done`` or ``failed`` (bad input or a failed run: the error's one line)."""
-    from .__main__ import make_parser, prepare
+    from training.__main__ import make_parser, prepare
 
     if cwd is not None and os.path.isdir(cwd):  # relative --out/--data-dir mean the sweep's folder
         os.chdir(cwd)
@@ -129,7 +129,7 @@ def execute(argv: Sequence[str], cwd: Optional[str] = None, env: Optional[dict] 
 def plan(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = ()) -> list[SweepRun]:
     """Parse and check every point's command line (nothing runs); ``UserError`` naming the first
     bad point otherwise."""
-    from .__main__ import make_parser, prepare
+    from training.__main__ import make_parser, prepare
 
     if command not in runnable():
         raise UserError(f"a sweep runs one of {', '.join(runnable())}; got {command!r}")
@@ -150,7 +150,7 @@ def plan(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str] = 
 def index_path(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str]) -> Path:
     """``OUT/sweep-HASH.csv``: OUT is the runs' ``--out`` (for controls, ``RUN/branches``); HASH
     covers the command, the base flags and the grid."""
-    from .__main__ import make_parser
+    from training.__main__ import make_parser
 
     key = json.dumps([command, list(base), {k: list(map(str, v)) for k, v in grid.items()}])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -360,7 +360,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """``python -m training sweep COMMAND --grid F=V1,V2 [--grid ...] [flags of COMMAND]``."""
-    from .cli import run_command
+    from training.cli import run_command
 
     args, base = make_parser().parse_known_args(argv)
     progress = "--no-progress" not in base

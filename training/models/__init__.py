@@ -18,8 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..seeding import derive_seed
+from training.errors import UserError
+from training.engine.seeding import derive_seed
 
 Constructor = Callable[[int, tuple[int, ...]], nn.Module]
 ScalableConstructor = Callable[[int, tuple[int, ...], float], nn.Module]

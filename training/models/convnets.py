@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import UserError
+from training.errors import UserError
 from . import flat_features, image_shape, register, register_scalable, scaled
 
 

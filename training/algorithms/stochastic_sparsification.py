@@ -20,7 +20,7 @@ deterministic choice) or one draw ``m ~ Bernoulli(sigmoid(s_T))`` from a seeded 
 (``--ticket sample``, Alg. 2's step 3), trained like an IMP level from W^k of the dense network
 (level 0) with the pruned weights held at zero.
 
-The run folder is continuous sparsification's (``training.continuous_sparsification``), under
+The run folder is continuous sparsification's (``training.algorithms.continuous_sparsification``), under
 ``iss-HASH/``: level_0 (the dense network, W^k), per round ``level_R/search.pt`` (the search
 network, weights zero outside its mode), ``level_R/scores.pt`` (s_T, the ticket's mask and the
 raw weights; the same file format as continuous sparsification's), the ticket's mask/init/rewind/
@@ -43,9 +43,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt_io
-from .commands import Command, prepare_run, run_flags
-from .continuous_sparsification import (
+from training.engine import checkpoint as ckpt_io
+from training.commands import Command, prepare_run, run_flags
+from training.algorithms.continuous_sparsification import (
     SCORES_FORMAT,
     _check_rewind,
     _Hook,
@@ -57,17 +57,17 @@ from .continuous_sparsification import (
     freeze_parameters,
     masked_names,
 )
-from .cost import training_cost
-from .errors import UserError
-from .extensions import Extension, ParamGroup
-from .hparams import Config, TrainingHparams, add_dataclass_flags, dumps
-from .imp import train_level_zero, train_ticket
-from .loop import train
-from .masks import WeightForm, _StraightThrough, dense_mask, parametrize_weights
-from .metrics_log import MetricsLog
-from .runs import Run, resolve_device
-from .seeding import derive_seed, generator
-from .steps import Step
+from training.engine.cost import training_cost
+from training.errors import UserError
+from training.engine.extensions import Extension, ParamGroup
+from training.hparams import Config, TrainingHparams, add_dataclass_flags, dumps
+from training.algorithms.imp import train_level_zero, train_ticket
+from training.engine.loop import train
+from training.sparsity.masks import WeightForm, _StraightThrough, dense_mask, parametrize_weights
+from training.engine.metrics_log import MetricsLog
+from training.engine.runs import Run, resolve_device
+from training.engine.seeding import derive_seed, generator
+from training.engine.steps import Step
 
 SAVARESE = 'Savarese et al., "Winning the lottery with continuous sparsification"'
 SECTIONS = ("dataset", "model", "training")
@@ -344,8 +344,8 @@ def iss_from_args(args: argparse.Namespace) -> ISSHparams:
 
 def _check_layers(config: Config, iss: ISSHparams) -> None:
     """Refuse an unknown layer pattern before any folder exists (the model is built on the CPU)."""
-    from .data import dataset_spec
-    from .models import build_model
+    from training.data import dataset_spec
+    from training.models import build_model
 
     spec = dataset_spec(config.dataset.dataset)
     masked_names(build_model(config.model.model, spec.classes, spec.shape, config.training.seed), iss)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 logged as training runs, and a resume state written at every epoch boundary.
 
 What an algorithm adds to a step (extra loss terms, its own parameters and optimizers, hooks
-around the step) comes in through ``training.extensions.Extension``; the step stays the same."""
+around the step) comes in through ``training.engine.extensions.Extension``; the step stays the same."""
 from __future__ import annotations
 
 import math
@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import atomic_save, safe_load
-from .data import Dataset, Split, TrainBatches, eval_batches
-from .errors import UserError
-from .extensions import BatchNormL1, Extension, ParamGroup
-from .hparams import TrainingHparams
-from .masks import Mask, MaskEnforcer
-from .metrics_log import MetricsLog
-from .seeding import derive_seed
-from .steps import Step, parse_steps
+from training.engine.checkpoint import atomic_save, safe_load
+from training.data import Dataset, Split, TrainBatches, eval_batches
+from training.errors import UserError
+from training.engine.extensions import BatchNormL1, Extension, ParamGroup
+from training.hparams import TrainingHparams
+from training.sparsity.masks import Mask, MaskEnforcer
+from training.engine.metrics_log import MetricsLog
+from training.engine.seeding import derive_seed
+from training.engine.steps import Step, parse_steps
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
@@ -238,7 +238,7 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     boundary and, if present, training continues from it. Returns the final metrics.
 
     ``extensions`` add loss terms, parameter groups, optimizers and hooks to every step
-    (``training.extensions``); ``hp.bn_l1`` adds ``BatchNormL1`` after them.
+    (``training.engine.extensions``); ``hp.bn_l1`` adds ``BatchNormL1`` after them.
     """
     batches = TrainBatches(data.train, hp.batch_size, hp.seed, data.augment)
     ipe = batches.iterations_per_epoch

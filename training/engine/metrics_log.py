@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from .checkpoint import atomic_write_text
+from training.engine.checkpoint import atomic_write_text
 
 
 def _clean(value):

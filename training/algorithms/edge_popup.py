@@ -12,7 +12,7 @@ the largest |score|.
   ever trained: every weight is bit-identical to W^0 in every checkpoint.
 - Scores: one per weight, drawn like PyTorch's default weights (uniform in +-1/sqrt(fan_in), the
   authors' ``kaiming_uniform_(a=sqrt(5))``). The forward pass of each layer uses the weights whose
-  |score| is among the ``round(keep * n)`` largest of the layer (``training.masks.TopKMask``); the
+  |score| is among the ``round(keep * n)`` largest of the layer (``training.sparsity.masks.TopKMask``); the
   gradient reaches the scores by the straight-through estimator. The scores are the only
   parameters of the optimizer, trained with the run's training hyperparameters (default: SGD,
   lr 0.1, momentum 0.9, weight decay 1e-4 on the scores, cosine schedule).
@@ -58,15 +58,15 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt_io
-from .commands import Command, prepare_run, run_flags
-from .errors import UserError
-from .extensions import Extension, ParamGroup
-from .hparams import Config, dumps
-from .masks import TopKMask, WeightForm, parametrize_weights, prunable_names
-from .models import split_width, width_name
-from .runs import Run, resolve_device, save_mask
-from .seeding import generator
+from training.engine import checkpoint as ckpt_io
+from training.commands import Command, prepare_run, run_flags
+from training.errors import UserError
+from training.engine.extensions import Extension, ParamGroup
+from training.hparams import Config, dumps
+from training.sparsity.masks import TopKMask, WeightForm, parametrize_weights, prunable_names
+from training.models import split_width, width_name
+from training.engine.runs import Run, resolve_device, save_mask
+from training.engine.seeding import generator
 
 RAMANUJAN = 'Ramanujan et al., "What\'s hidden in a randomly weighted neural network?"'
 INITS = ("kaiming_normal", "signed_constant")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import UserError
+from training.errors import UserError
 
 _PATTERN = re.compile(r"^\s*(\d+)\s*(it|ep)?\s*$")
 

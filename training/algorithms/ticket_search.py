@@ -13,11 +13,11 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import atomic_write_text
-from .commands import SAHU, Command, prepare_run, run_flags
-from .errors import UserError
-from .hparams import Config, dumps
-from .imp import run_imp
+from training.engine.checkpoint import atomic_write_text
+from training.commands import SAHU, Command, prepare_run, run_flags
+from training.errors import UserError
+from training.hparams import Config, dumps
+from training.algorithms.imp import run_imp
 
 DEFAULTS = {"score": "lamp", "fraction": 0.16, "rewind": "0", "val_fraction": 0.1, "early_stopping": 5}
 

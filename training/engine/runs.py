@@ -37,18 +37,18 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt_io
-from .cli import writable_dir
-from .cost import training_cost
-from .data import Dataset, load_dataset
-from .errors import UserError
-from .hparams import Config, TrainingHparams, dumps
-from .extensions import Extension
-from .loop import check_lengths, train
-from .masks import Mask, check_mask, count
-from .metrics_log import MetricsLog
-from .models import build_model, check_model_name
-from .provenance import provenance
+from training.engine import checkpoint as ckpt_io
+from training.cli import writable_dir
+from training.engine.cost import training_cost
+from training.data import Dataset, load_dataset
+from training.errors import UserError
+from training.hparams import Config, TrainingHparams, dumps
+from training.engine.extensions import Extension
+from training.engine.loop import check_lengths, train
+from training.sparsity.masks import Mask, check_mask, count
+from training.engine.metrics_log import MetricsLog
+from training.models import build_model, check_model_name
+from training.engine.provenance import provenance
 
 MASK_FORMAT = "lth-toolkit/mask"
 CSV_CHECKPOINTS = ("mask", "init", "rewind", "final")  # summary.csv columns KIND_path
@@ -355,8 +355,8 @@ class Run:
     def score_context(self, state: Optional[dict] = None, examples: int = 1024):
         """The network at ``state`` (W^0 if None) and up to ``examples`` training examples (a fixed
         seeded choice), for the SNIP and SynFlow scores."""
-        from .saliency import ScoreContext
-        from .seeding import generator
+        from training.sparsity.saliency import ScoreContext
+        from training.engine.seeding import generator
 
         model = self.new_model()
         if state is not None:
@@ -390,7 +390,7 @@ class Run:
                     end: Optional[int] = None, meta: Optional[dict] = None,
                     extensions: Sequence[Extension] = ()) -> dict:
         """Train ``model`` from ``start`` to ``end`` (default: the run's end) with ``hp`` (default: the
-        run's training hyperparameters) and an algorithm's ``extensions`` (``training.extensions``),
+        run's training hyperparameters) and an algorithm's ``extensions`` (``training.engine.extensions``),
         resuming from ``level_L/state.pt`` if present; write ``final.pt`` (with ``meta`` added to
         its metadata) and return its metrics.
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from .commands import TARTAGLIONE, Command, keep_to_fraction, prepare_run, run_flags
-from .hparams import Config, PruningHparams, check_pruning
-from .imp import train_level_zero
-from .masks import dense_mask, output_name
-from .pruning import prune_by, score_named
-from .runs import Run, resolve_device
-from .seeding import derive_seed
+from training.commands import TARTAGLIONE, Command, keep_to_fraction, prepare_run, run_flags
+from training.hparams import Config, PruningHparams, check_pruning
+from training.algorithms.imp import train_level_zero
+from training.sparsity.masks import dense_mask, output_name
+from training.sparsity.pruning import prune_by, score_named
+from training.engine.runs import Run, resolve_device
+from training.engine.seeding import derive_seed
 
 
 def run_rise(config: Config, *, out: str | Path = "runs", data_dir: Optional[str] = None, device: str = "auto",

@@ -32,11 +32,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .data import Dataset, load_dataset
-from .errors import UserError
-from .hparams import DatasetHparams
-from .masks import Mask, apply_mask, check_mask, density, plain_weights_and_mask, weight_forms
-from .models import build_model
+from training.data import Dataset, load_dataset
+from training.errors import UserError
+from training.hparams import DatasetHparams
+from training.sparsity.masks import Mask, apply_mask, check_mask, density, plain_weights_and_mask, weight_forms
+from training.models import build_model
 
 FORMAT = "lth-toolkit/checkpoint"
 VERSION = 1
@@ -199,7 +199,7 @@ def make_checkpoint(model: nn.Module, *, model_name: str, num_classes: int, inpu
                     iterations_per_epoch: int, meta: dict) -> dict:
     """Build the checkpoint dict for ``model`` at ``iteration``.
 
-    A model whose weights are formed by learned masks (``training.masks.WeightForm``) is stored as
+    A model whose weights are formed by learned masks (``training.sparsity.masks.WeightForm``) is stored as
     every checkpoint is: its raw weights under the plain model's names (zero outside the mask unless
     ``meta["masked_weights"]`` says otherwise) and the binary mask, ANDed with ``mask``, so that every
     tool reads it."""

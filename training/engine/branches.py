@@ -3,7 +3,7 @@
 A branch takes a checkpoint of a run (its weights, its mask, its iteration), optionally changes the
 mask, the weights or the data-order seed, and trains to the end of the run's schedule with the
 run's own hyperparameters. It lives in ``RUN/branches/NAME-HASH/``, a run folder of its own (built
-on ``training.runs.Run``; the hash covers the source and every change), with a single level::
+on ``training.engine.runs.Run``; the hash covers the source and every change), with a single level::
 
     level_0/mask.pt      the branch's mask
     level_0/init.pt      the weights it starts from, at the iteration it starts from
@@ -11,7 +11,7 @@ on ``training.runs.Run``; the hash covers the source and every change), with a s
     level_0/final.pt     the trained network
 
 So a branch resumes where it stopped when it is asked for again, and a finished branch is not
-trained twice. The controls (``training.controls``), the instability copies of
+trained twice. The controls (``training.algorithms.controls``), the instability copies of
 ``analysis.connectivity --instability`` and the trained masks of ``analysis.supermask --criteria
 --train`` are all branches.
 
@@ -30,13 +30,13 @@ from typing import Callable, Optional
 
 import torch
 
-from .checkpoint import masked_weights_are_zero, model_from_checkpoint, read_checkpoint
-from .cli import writable_dir
-from .errors import UserError
-from .hparams import Config
-from .loop import check_lengths
-from .masks import Mask, apply_mask
-from .runs import Run, resolve_device
+from training.engine.checkpoint import masked_weights_are_zero, model_from_checkpoint, read_checkpoint
+from training.cli import writable_dir
+from training.errors import UserError
+from training.hparams import Config
+from training.engine.loop import check_lengths
+from training.sparsity.masks import Mask, apply_mask
+from training.engine.runs import Run, resolve_device
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 

@@ -3,7 +3,7 @@ relation to the LTH"; Liu et al., "Rethinking the value of network pruning"; Zho
 "Deconstructing lottery tickets: zeros, signs, and the supermask"), like OpenLTH's branches.
 
 Each control takes level L of a finished IMP run, changes one thing, and trains the result with the
-run's own hyperparameters in ``RUN/branches/CONTROL-HASH/`` (a training branch, ``training.branches``):
+run's own hyperparameters in ``RUN/branches/CONTROL-HASH/`` (a training branch, ``training.engine.branches``):
 
 - ``reinit``          same mask, fresh random initialisation (``--seed``), trained from iteration 0.
 - ``scratch-e``       Liu et al.'s Scratch-E: the pruned network from scratch for the same number of
@@ -32,19 +32,19 @@ from typing import Callable, Optional
 
 import torch
 
-from .branches import BranchStart, train_run
-from .checkpoint import read_checkpoint
-from .cli import add_threads_flag, check_threads, set_threads, writable_dir
-from .commands import HAVINGA, Command
-from .cost import layer_macs
-from .data import load_dataset
-from .errors import UserError
-from .hparams import Config
-from .masks import Mask
-from .models import build_model
-from .runs import Run, load_mask, read_run_config, resolve_device
-from .seeding import generator
-from .steps import Step, parse_steps
+from training.engine.branches import BranchStart, train_run
+from training.engine.checkpoint import read_checkpoint
+from training.cli import add_threads_flag, check_threads, set_threads, writable_dir
+from training.commands import HAVINGA, Command
+from training.engine.cost import layer_macs
+from training.data import load_dataset
+from training.errors import UserError
+from training.hparams import Config
+from training.sparsity.masks import Mask
+from training.models import build_model
+from training.engine.runs import Run, load_mask, read_run_config, resolve_device
+from training.engine.seeding import generator
+from training.engine.steps import Step, parse_steps
 
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-from .masks import Mask, apply_mask
+from training.errors import UserError
+from training.sparsity.masks import Mask, apply_mask
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

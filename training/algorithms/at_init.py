@@ -8,12 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from .commands import Command, keep_to_fraction, prepare_run, run_flags
-from .hparams import Config, PruningHparams, check_pruning
-from .masks import apply_mask, dense_mask, output_name
-from .pruning import prune_by
-from .runs import Run, resolve_device
-from .seeding import derive_seed
+from training.commands import Command, keep_to_fraction, prepare_run, run_flags
+from training.hparams import Config, PruningHparams, check_pruning
+from training.sparsity.masks import apply_mask, dense_mask, output_name
+from training.sparsity.pruning import prune_by
+from training.engine.runs import Run, resolve_device
+from training.engine.seeding import derive_seed
 
 
 def run_at_init(config: Config, *, out: str | Path = "runs", data_dir: Optional[str] = None, device: str = "auto",

@@ -13,7 +13,7 @@ subclasses ``Extension`` and overrides only what it needs:
 - ``state_dict()`` / ``load_state_dict()``: whatever else must survive a resume.
 
 How a layer's effective weight is formed (``w * sigmoid(beta * s)``, ``w * topk(|s|)``) is declared
-with ``training.masks.parametrize_weights``; parameters of those forms are parameters of the model,
+with ``training.sparsity.masks.parametrize_weights``; parameters of those forms are parameters of the model,
 so they are saved with it. The loop saves every optimizer's state and every extension's
 ``state_dict()`` in the resume state, so a killed run resumes bit-identically.
 """

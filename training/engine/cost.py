@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .masks import PRUNABLE_TYPES, Mask
+from training.sparsity.masks import PRUNABLE_TYPES, Mask
 
 
 def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:

@@ -12,8 +12,8 @@ Only kept weights compete, so each new mask is nested in the previous one. Ties 
 position (layer order, then flat index), so pruning is deterministic.
 
 ``SCORES`` is the registry of every score ``--score`` accepts: the three above, the scores that
-need the network (SNIP, SynFlow: ``training.saliency``) and the structured ones that remove whole
-channels (L1-filter, network slimming: ``training.channels``). A new score is a function plus one
+need the network (SNIP, SynFlow: ``training.sparsity.saliency``) and the structured ones that remove whole
+channels (L1-filter, network slimming: ``training.sparsity.channels``). A new score is a function plus one
 ``Score`` line there.
 """
 from __future__ import annotations
@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
-from .channels import bn_scale_scores, l1_filter_scores
-from .errors import UserError
-from .hparams import check_fraction
-from .masks import Mask
-from .saliency import ScoreContext, snip_scores, synflow_scores
-from .seeding import generator
+from training.sparsity.channels import bn_scale_scores, l1_filter_scores
+from training.errors import UserError
+from training.hparams import check_fraction
+from training.sparsity.masks import Mask
+from training.sparsity.saliency import ScoreContext, snip_scores, synflow_scores
+from training.engine.seeding import generator
 
 if TYPE_CHECKING:
-    from .hparams import PruningHparams
+    from training.hparams import PruningHparams
 
 Scores = dict[str, torch.Tensor]
 
@@ -66,7 +66,7 @@ SCORE_KINDS = {
     "weights": "from the weights alone: fn(weights, mask, seed) -> scores",
     "network": "needs the network (and, for SNIP, data): fn(mask, ScoreContext) -> scores; pruning at "
                "initialisation",
-    "structured": "whole channels (training.channels): fn(model, mask, channel pairs) -> one score per channel",
+    "structured": "whole channels (training.sparsity.channels): fn(model, mask, channel pairs) -> one score per channel",
 }
 
 
@@ -223,7 +223,7 @@ def _prune_with_network(weights, mask, fraction, score: Score, scope, output_nam
         raise UserError(f"the {score.name} score needs the network (and data); it cannot be computed from weights "
                         "alone")
     if score.kind == "structured":
-        from .channels import prune_channels
+        from training.sparsity.channels import prune_channels
 
         if target_density is not None or output_fraction is not None or layer_fractions:
             raise UserError("structured pruning takes --fraction (of the remaining channels) only")

@@ -25,8 +25,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import UserError
-from .masks import Mask
+from training.errors import UserError
+from training.sparsity.masks import Mask
 
 
 @dataclass
@@ -39,9 +39,9 @@ class ChannelPair:
 
 def channel_pairs(model: nn.Module) -> list[ChannelPair]:
     """The prunable channel groups of one of the toolkit's architectures."""
-    from .models.convnets import ConvNet
-    from .models.resnet import BlockA, BlockB
-    from .models.vgg import VGG
+    from training.models.convnets import ConvNet
+    from training.models.resnet import BlockA, BlockB
+    from training.models.vgg import VGG
 
     modules = dict(model.named_modules())
     if isinstance(model, (ConvNet, VGG)):
@@ -90,8 +90,8 @@ def bn_scale_scores(model: nn.Module, mask: Mask, pairs: list[ChannelPair]) -> l
 
 def channel_scores(model: nn.Module, mask: Mask, method: str) -> list[torch.Tensor]:
     """One score per output channel of each pair's producer (higher = keep), by the structured
-    score ``method`` of the registry ``training.pruning.SCORES``."""
-    from .pruning import score_named
+    score ``method`` of the registry ``training.sparsity.pruning.SCORES``."""
+    from training.sparsity.pruning import score_named
 
     return score_named(method, "structured").fn(model, mask, channel_pairs(model))
 
@@ -113,7 +113,7 @@ def prune_channels(model: nn.Module, mask: Mask, fraction: float, method: str) -
     """Remove ``round(fraction * alive)`` channels: per layer for a score registered ``per_layer``
     (``l1-filter``), ranked across layers otherwise (``slimming``). Every layer keeps at least one
     channel. Returns a new, nested mask."""
-    from .pruning import score_named
+    from training.sparsity.pruning import score_named
 
     per_layer = score_named(method, "structured").per_layer
     pairs = channel_pairs(model)

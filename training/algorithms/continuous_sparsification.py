@@ -3,7 +3,7 @@ sparsification", Alg. 3 and sec. 3-4): learn the mask by gradient descent, then 
 round's binary ticket like an IMP level.
 
 Every masked weight ``w`` gets a mask parameter ``s`` of its shape; the network uses
-``w * sigmoid(beta * s)`` (``training.masks.SigmoidMask``) and the loss adds
+``w * sigmoid(beta * s)`` (``training.sparsity.masks.SigmoidMask``) and the loss adds
 ``lambda * ||sigmoid(beta * s)||_1``. Within a round beta grows exponentially from beta_0 to beta_T:
 per iteration, ``beta_t = beta_0 * (beta_T / beta_0) ** (t / T)`` (the paper's ``beta_T ** (t / T)``
 for beta_0 = 1; the default), or once per epoch, epoch ``e`` of ``E`` at
@@ -65,18 +65,18 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt_io
-from .commands import Command, prepare_run, run_flags
-from .cost import training_cost
-from .errors import UserError
-from .extensions import Extension, ParamGroup
-from .hparams import Config, TrainingHparams, add_dataclass_flags, dumps
-from .imp import train_level_zero, train_ticket
-from .loop import Schedule, train
-from .masks import SigmoidMask, apply_mask, dense_mask, parametrize_weights, plain_weights_and_mask, prunable_names
-from .metrics_log import MetricsLog
-from .runs import Run, resolve_device
-from .steps import Step
+from training.engine import checkpoint as ckpt_io
+from training.commands import Command, prepare_run, run_flags
+from training.engine.cost import training_cost
+from training.errors import UserError
+from training.engine.extensions import Extension, ParamGroup
+from training.hparams import Config, TrainingHparams, add_dataclass_flags, dumps
+from training.algorithms.imp import train_level_zero, train_ticket
+from training.engine.loop import Schedule, train
+from training.sparsity.masks import SigmoidMask, apply_mask, dense_mask, parametrize_weights, plain_weights_and_mask, prunable_names
+from training.engine.metrics_log import MetricsLog
+from training.engine.runs import Run, resolve_device
+from training.engine.steps import Step
 
 SAVARESE = 'Savarese et al., "Winning the lottery with continuous sparsification"'
 SECTIONS = ("dataset", "model", "training")
@@ -171,7 +171,7 @@ def evaluated_level(run: Run, level: int, mask: Optional[dict[str, torch.Tensor]
     """Write ``level_L``'s init.pt, rewind.pt and final.pt as W^0 under ``mask`` (None: dense), not
     trained (iteration 0), final.pt with its losses (nats) and accuracies (in [0, 1]) on the test,
     validation (if any) and training splits: a level of a ``--freeze-weights`` run."""
-    from .loop import evaluate
+    from training.engine.loop import evaluate
 
     model = run.new_model()
     apply_mask(model, mask)
@@ -357,8 +357,8 @@ def run_cs(config: Config, cs: Optional[CSHparams] = None, rounds: int = 3, *, o
 
 def _check_rewind(config: Config, cs: CSHparams, data_dir: Optional[str]) -> None:
     """Refuse a rewind point k at or after the end of a round (before any run folder exists)."""
-    from .data import load_dataset
-    from .loop import check_lengths
+    from training.data import load_dataset
+    from training.engine.loop import check_lengths
 
     k, length = Step.parse(cs.rewind, "-k/--rewind"), Step.parse(config.training.train_for, "--train-for")
     if k.value == 0 or (k.unit == length.unit and k.value < length.value):
@@ -495,7 +495,7 @@ def _add_cs_flags(parser: argparse.ArgumentParser) -> None:
 
 def cs_from_args(args: argparse.Namespace) -> CSHparams:
     """Dataclass defaults, then the preset's values, then the flags given; checked."""
-    from .presets import preset_values
+    from training.presets import preset_values
 
     values = preset_values(args.preset) if getattr(args, "preset", None) else {}
     given = vars(args)
@@ -506,15 +506,15 @@ def cs_from_args(args: argparse.Namespace) -> CSHparams:
 
 def _check_layers(config: Config, cs: CSHparams) -> None:
     """Refuse an unknown layer pattern before any folder exists (the model is built on the CPU)."""
-    from .data import dataset_spec
-    from .models import build_model
+    from training.data import dataset_spec
+    from training.models import build_model
 
     spec = dataset_spec(config.dataset.dataset)
     masked_names(build_model(config.model.model, spec.classes, spec.shape, config.training.seed), cs)
 
 
 def _prepare(args: argparse.Namespace):
-    from .presets import preset_values
+    from training.presets import preset_values
 
     if args.rounds is None:
         args.rounds = (preset_values(args.preset) if args.preset else {}).get("rounds", 3)

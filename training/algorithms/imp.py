@@ -26,16 +26,16 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Optional
 
-from .commands import SAHU, TARTAGLIONE, Command, keep_to_fraction, prepare_run, run_flags
-from .errors import UserError
-from .hparams import Config, PruningHparams, TrainingHparams, check_pruning
-from .loop import Schedule
-from .masks import Mask, apply_mask, dense_mask, output_name
-from .pruning import prune_by, score_named
-from .runs import Run, resolve_device
-from .saliency import ScoreContext
-from .seeding import derive_seed
-from .steps import Step, parse_steps
+from training.commands import SAHU, TARTAGLIONE, Command, keep_to_fraction, prepare_run, run_flags
+from training.errors import UserError
+from training.hparams import Config, PruningHparams, TrainingHparams, check_pruning
+from training.engine.loop import Schedule
+from training.sparsity.masks import Mask, apply_mask, dense_mask, output_name
+from training.sparsity.pruning import prune_by, score_named
+from training.engine.runs import Run, resolve_device
+from training.sparsity.saliency import ScoreContext
+from training.engine.seeding import derive_seed
+from training.engine.steps import Step, parse_steps
 
 
 def run_imp(config: Config, levels: int = 5, *, out: str | Path = "runs", data_dir: Optional[str] = None,
