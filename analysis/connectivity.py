@@ -11,7 +11,7 @@ mask; pruned weights are zero at both ends, so the path stays inside the mask.
 W_k, train two copies that differ only in data order and augmentation (seeds 1 and 2), with the
 checkpoint's own training setup and mask, and measure their test-error barrier. A network is
 stable at k when the barrier is below 2% (the paper's threshold). The copies are training
-branches (``training.branches``): checkpointed, resumable, stored under the checkpoint's run.
+branches (``training.engine.branches``): checkpointed, resumable, stored under the checkpoint's run.
 """
 from __future__ import annotations
 
@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.branches import branch_root, train_branch
-from training.checkpoint import atomic_write_text, load, read_checkpoint
+from training.engine.branches import branch_root, train_branch
+from training.engine.checkpoint import atomic_write_text, load, read_checkpoint
 from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
 from training.data import Dataset, Split, eval_batches
 from training.errors import UserError
-from training.loop import evaluate
-from training.provenance import provenance
-from training.runs import resolve_device
+from training.engine.loop import evaluate
+from training.engine.provenance import provenance
+from training.engine.runs import resolve_device
 
 from .figure_io import checkpoint_label, line_style, pyplot, run_name, save_png, unique_labels
 
@@ -114,7 +114,7 @@ def instability(path: str | Path, seeds: Sequence[int] = (1, 2), points: int = 3
     of its run's schedule and measure their barrier; return a JSON-ready dict (errors and barriers
     as fractions, ``stable``: test barrier below 2%).
 
-    Each copy is a training branch (``training.branches``) stored under the checkpoint's run as
+    Each copy is a training branch (``training.engine.branches``) stored under the checkpoint's run as
     ``RUN/branches/instability-HASH/``: a second call reads the trained copies instead of training
     again, and a killed call resumes. The copies keep the checkpoint's mask and what it says about
     the weights outside it (zero, or frozen at their values for RISE checkpoints)."""

@@ -19,7 +19,7 @@ W^0 is always read from the run's saved ``init.pt`` (``initial_weights``), never
   pruned weights at zero, frozen at their initial values, or Zhou et al.'s
   ``freeze_init_zero_mask`` (frozen at zero if the weight moved toward zero during training,
   |w_f| < |w_i|, else at its initial value). These networks are training branches
-  (``training.branches``), stored and resumable under the run.
+  (``training.engine.branches``), stored and resumable under the run.
 - Similarity: per-layer and global density, and the Jaccard overlap |A & B| / |A | B| of two masks.
 """
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from training.branches import branch_root, train_branch
-from training.checkpoint import (
+from training.engine.branches import branch_root, train_branch
+from training.engine.checkpoint import (
     atomic_write_text,
     load,
     masked_weights_are_zero,
@@ -53,14 +53,14 @@ from training.cli import (
     set_threads,
     writable_dir,
 )
-from training.controls import random_mask_like, signed_constants
+from training.algorithms.controls import random_mask_like, signed_constants
 from training.errors import UserError
 from training.hparams import Config
-from training.loop import evaluate
-from training.masks import Mask, apply_mask, density, layer_densities, prunable_names
-from training.pruning import prune_group
-from training.runs import resolve_device
-from training.seeding import generator
+from training.engine.loop import evaluate
+from training.sparsity.masks import Mask, apply_mask, density, layer_densities, prunable_names
+from training.sparsity.pruning import prune_group
+from training.engine.runs import resolve_device
+from training.engine.seeding import generator
 
 from .figure_io import checkpoint_label, line_style, pyplot, save_png, unique_labels
 
@@ -331,7 +331,7 @@ def criteria_table(final_path: str | Path, keep: float, train_masks: bool = Fals
     biases of the masked layers as ``biases`` says) and, with ``train_masks``, the test accuracy
     after training it from W^0 for the run's whole schedule under each mask-0 action of ``MASK_0``
     (``trained_accuracy_ACTION``); accuracies are fractions in [0, 1]. Each trained network is a
-    training branch (``training.branches``) under the checkpoint's run, named
+    training branch (``training.engine.branches``) under the checkpoint's run, named
     ``criterion-CRITERION-ACTION``: a second call reads the finished branches instead of training.
     ``criteria`` limits the table to those criteria (default: all, and ``random``)."""
     criteria = [*CRITERIA, "random"] if criteria is None else list(criteria)
@@ -637,7 +637,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> None:
-    from training.provenance import provenance
+    from training.engine.provenance import provenance
 
     if args.compare and args.criteria:
         raise UserError("--compare and --criteria are different analyses; give one")
@@ -738,7 +738,7 @@ def _main(args: argparse.Namespace) -> None:
 
 
 def _mask_of(path: str) -> Mask:
-    from training.runs import load_mask
+    from training.engine.runs import load_mask
 
     obj = read_checkpoint(path) if not Path(path).name == "mask.pt" else None
     if obj is not None:

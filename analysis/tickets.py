@@ -28,11 +28,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
-from training.checkpoint import atomic_write_text
+from training.engine.checkpoint import atomic_write_text
 from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
 from training.data import DATASET_SPECS
 from training.errors import UserError
-from training.provenance import provenance
+from training.engine.provenance import provenance
 
 from .figure_io import pyplot, save_png, unique_labels
 from .trajectory import check_options, gain, remove_outputs, resolve_device

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import atomic_write_text, load, read_checkpoint
+from training.engine.checkpoint import atomic_write_text, load, read_checkpoint
 from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
 from training.errors import UserError
-from training.masks import PRUNABLE_TYPES
-from training.provenance import provenance
-from training.runs import resolve_device
-from training.seeding import generator
+from training.sparsity.masks import PRUNABLE_TYPES
+from training.engine.provenance import provenance
+from training.engine.runs import resolve_device
+from training.engine.seeding import generator
 
 from .figure_io import (
     checkpoint_density,

@@ -34,8 +34,8 @@ from analysis.hessian import (
     top_eigenvalues,
     tune_allocator,
 )
-from training.checkpoint import load
-from training.runs import resolve_device
+from training.engine.checkpoint import load
+from training.engine.runs import resolve_device
 
 
 def _eig_compat(T, eigenvectors=True):
@@ -47,7 +47,7 @@ def _checkpoint(path: str | None) -> str:
     if path:
         return path
     from training.hparams import Config, DatasetHparams, ModelHparams, TrainingHparams
-    from training.imp import run_train
+    from training.algorithms.imp import run_train
 
     out = tempfile.mkdtemp()
     cfg = Config(DatasetHparams(), ModelHparams("mnist1d_cnn"), TrainingHparams(train_for="5ep"))

@@ -16,11 +16,11 @@ import torch
 
 from training.data import load_dataset
 from training.hparams import DatasetHparams, TrainingHparams
-from training.loop import train
-from training.masks import dense_mask
+from training.engine.loop import train
+from training.sparsity.masks import dense_mask
 from training.models import build_model
-from training.pruning import prune
-from training.runs import resolve_device
+from training.sparsity.pruning import prune
+from training.engine.runs import resolve_device
 
 
 def time_training(model_name: str, data, hp: TrainingHparams, density: float | None, device) -> float:

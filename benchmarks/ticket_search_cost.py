@@ -137,14 +137,14 @@ def search_cost(args: argparse.Namespace, runs: Path) -> None:
 def step_time(args: argparse.Namespace) -> None:
     import torch
 
-    from training.continuous_sparsification import ContinuousSparsification, CSHparams, masked_names
+    from training.algorithms.continuous_sparsification import ContinuousSparsification, CSHparams, masked_names
     from training.data import load_dataset
     from training.hparams import DatasetHparams, TrainingHparams
-    from training.loop import train
-    from training.masks import dense_mask
+    from training.engine.loop import train
+    from training.sparsity.masks import dense_mask
     from training.models import build_model
-    from training.pruning import prune
-    from training.runs import resolve_device
+    from training.sparsity.pruning import prune
+    from training.engine.runs import resolve_device
 
     device = resolve_device(args.device)
     data = load_dataset(DatasetHparams("mnist1d"), args.data_dir).to(device)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from training.checkpoint import atomic_write_bytes, atomic_write_text
+from training.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from training.errors import UserError
 
 SCALES = ("tiny", "small", "paper")
@@ -204,7 +204,7 @@ def write_outputs(figure: Figure, result: Result, ctx: Context, out: Path, secon
     """Write ``NAME.png``, ``.pdf``, ``.csv``, ``.json`` (provenance) and ``.md`` (caption) under
     ``out``, each atomically; return the JSON record."""
     from analysis.figure_io import pyplot
-    from training.provenance import provenance
+    from training.engine.provenance import provenance
 
     stem = out / figure.name
     if ctx.scale == "tiny":  # a pipeline check: its runs are far too short to say anything

@@ -8,7 +8,7 @@ from .core import Caption, Context, Figure, Result, levels, mean_sd, pct
 from .style import COLORS, chance_line, legend, subplots, title
 
 RAMANUJAN = 'Ramanujan et al., "What\'s hidden in a randomly weighted neural network?"'
-# edge-popup's own training defaults (training.edge_popup.TRAINING_DEFAULTS): the dense networks get
+# edge-popup's own training defaults (training.algorithms.edge_popup.TRAINING_DEFAULTS): the dense networks get
 # the same, so that the only difference is what is trained (the weights or the choice of weights)
 TRAINING = ["--lr", "0.1", "--momentum", "0.9", "--weight-decay", "1e-4", "--schedule", "cosine"]
 KEEP_COLORS = ["C3", "C1", "C2", "C4", "C5"]

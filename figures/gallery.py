@@ -6,7 +6,7 @@ import html
 import json
 from pathlib import Path
 
-from training.checkpoint import atomic_write_text
+from training.engine.checkpoint import atomic_write_text
 
 
 def _records(out: Path, order: list[str]) -> list[dict]:

@@ -54,7 +54,7 @@ def cached_analyze(ctx: Context, checkpoint: Path, hessian_settings) -> dict:
     the checkpoint (path, size, modification time) and the settings, so that a re-plot does not
     recompute the spectrum. Returns analyze's dict (eigenvalues in nats per squared weight unit)."""
     from analysis.hessian import analyze
-    from training.checkpoint import atomic_write_text
+    from training.engine.checkpoint import atomic_write_text
 
     stat = checkpoint.stat()
     key = json.dumps([str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns, asdict(hessian_settings)],

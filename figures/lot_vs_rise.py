@@ -41,7 +41,7 @@ def settings(ctx: Context) -> dict:
 
 def _point(run: Path) -> dict:
     """A one-shot run's ticket (level 1): accuracy, rewind iteration and its costs in MACs."""
-    from training.checkpoint import read_checkpoint
+    from training.engine.checkpoint import read_checkpoint
 
     dense, ticket = levels(run)[:2]
     rewind = read_checkpoint(run / ticket["checkpoints"]["rewind"])["step"]["iteration"]
@@ -151,7 +151,7 @@ def make(ctx: Context) -> Result:
         ours=ours, verdict=verdict,
         setup=f"`lot {' '.join(s['base'])} -I 1` and `rise {' '.join(s['base'])}` over R = "
               f"{', '.join(map(str, keeps))} % and k = {', '.join(rewinds)}, seeds {', '.join(map(str, seeds))}. Cost: the k dense warm-up "
-              f"iterations plus the ticket's training from k to the end, in MACs (training/cost.py's counting); the "
+              f"iterations plus the ticket's training from k to the end, in MACs (training/engine/cost.py's counting); the "
               f"dense run that found the mask is not counted, as in the paper; `cumulative_backprop_macs` in the CSV "
               f"counts it. Verdict rule, on the means over seeds: holds if the best 1-LOT over k is more than {100 * FAR_BELOW:.0f} points "
               f"below dense at R = 10 % and at the lowest R, and there RISE beats 1-LOT at every k and gains from the "

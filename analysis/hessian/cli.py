@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from training.checkpoint import atomic_write_text
+from training.engine.checkpoint import atomic_write_text
 from training.cli import ArgumentParser, add_threads_flag, check_threads, run_command, set_threads, writable_dir
-from training.provenance import provenance
+from training.engine.provenance import provenance
 
 from . import spectrum
 from .operator import tune_allocator

@@ -36,7 +36,7 @@ from torch import nn
 from torch.func import replace_all_batch_norm_modules_
 
 from training.errors import UserError
-from training.masks import Mask
+from training.sparsity.masks import Mask
 
 from .rop import RopEngine
 

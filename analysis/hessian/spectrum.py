@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import masked_weights_are_zero, model_from_checkpoint, read_checkpoint
+from training.engine.checkpoint import masked_weights_are_zero, model_from_checkpoint, read_checkpoint
 from training.data import Dataset, Split, check_dataset_name, load_dataset
 from training.errors import UserError
 from training.hparams import DatasetHparams
-from training.masks import apply_mask
-from training.runs import resolve_device
-from training.seeding import generator
+from training.sparsity.masks import apply_mask
+from training.engine.runs import resolve_device
+from training.engine.seeding import generator
 
 from ..figure_io import checkpoint_label, line_style, pyplot, save_png, unique_labels
 from .linalg import gaussian_density, hutchinson_trace, slq, top_eigenvalues
