@@ -137,7 +137,8 @@ def search_cost(args: argparse.Namespace, runs: Path) -> None:
 def step_time(args: argparse.Namespace) -> None:
     import torch
 
-    from training.algorithms.continuous_sparsification import ContinuousSparsification, CSHparams, masked_names
+    from training.algorithms.continuous_sparsification import ContinuousSparsification, CSHparams
+    from training.algorithms.mask_search import masked_names
     from training.data import load_dataset
     from training.hparams import DatasetHparams, TrainingHparams
     from training.engine.loop import train

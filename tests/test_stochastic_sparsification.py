@@ -213,3 +213,26 @@ def test_the_iss_command_is_registered_and_its_bad_input_fails_in_a_fresh_proces
     proc = subprocess.run([sys.executable, "-m", "training", "iss", "--out", str(tmp_path / "x"), "--lambda", "-1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --lambda") and not (tmp_path / "x").exists()
+
+
+def test_the_iss_presets_reach_the_run(monkeypatch, tmp_path):
+    """--preset iss_conv6_cifar10 sets the paper's ISS settings and its 30 rounds; a flag overrides
+    the preset, and the supermask preset freezes the weights."""
+    import training.algorithms.stochastic_sparsification as iss_module
+    from training.__main__ import make_parser, prepare
+
+    seen = {}
+
+    def fake_run(config, iss, rounds, **common):
+        seen.update(iss=iss, rounds=rounds, config=config)
+
+    monkeypatch.setattr(iss_module, "run_iss", fake_run)
+    import training.algorithms.mask_search as mask_search
+    monkeypatch.setattr(mask_search, "check_rewind", lambda *a: None)  # no CIFAR-10 files here
+    argv = ["iss", "--preset", "iss_conv6_cifar10", "--lambda", "1e-7", "--out", str(tmp_path), "--device", "cpu"]
+    prepare("iss", make_parser().parse_args(argv))()
+    assert (seen["iss"].mask_init, seen["iss"].mask_lr, seen["iss"].penalty, seen["rounds"]) == (1.0, 20.0, 1e-7, 30)
+    assert (seen["config"].model.model, seen["config"].training.lr, seen["config"].training.batch_size) == ("conv6", 3e-4, 60)
+    argv = ["iss", "--preset", "ss_supermask_conv6_cifar10", "--out", str(tmp_path), "--device", "cpu"]
+    prepare("iss", make_parser().parse_args(argv))()
+    assert seen["iss"].freeze_weights and seen["iss"].learning_rate() == 100.0 and seen["rounds"] == 1

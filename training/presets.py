@@ -42,6 +42,26 @@ PRESETS: dict[str, dict] = {
             "penalty": 1e-10, "mask_init": 0.0, "rounds": 4, "search_rewind": True, "rewind": "0",
         },
     },
+    "iss_conv6_cifar10": {
+        "source": "Savarese et al., \"Winning the lottery with continuous sparsification\", sec. 4.1: iterative "
+        "stochastic sparsification on Conv-6, CIFAR-10; weights by Adam 3e-4, batch 60, 30 rounds of 40 epochs, "
+        "s_0 = 1, masks by SGD 20, lambda 1e-8, tickets from W^0",
+        "fields": {
+            "dataset": "cifar10", "model": "conv6", "optimizer": "adam", "lr": 3e-4, "batch_size": 60,
+            "train_for": "40ep", "augment": False, "mask_init": 1.0, "mask_lr": 20.0, "penalty": 1e-8, "rounds": 30,
+            "rewind": "0",
+        },
+    },
+    "ss_supermask_conv6_cifar10": {
+        "source": "Savarese et al., \"Winning the lottery with continuous sparsification\", sec. 4.1 and Fig. 2 (after "
+        "Zhou et al.): stochastic sparsification of a supermask on Conv-6 weights frozen at initialisation, CIFAR-10; "
+        "one round of 100 epochs, masks by SGD 100, batch 60; s_0 from -5 to 5 sets the sparsity (here 1: vary "
+        "--mask-init)",
+        "fields": {
+            "dataset": "cifar10", "model": "conv6", "batch_size": 60, "train_for": "100ep", "augment": False,
+            "freeze_weights": True, "mask_init": 1.0, "mask_lr": 100.0, "penalty": 1e-8, "rounds": 1,
+        },
+    },
     "cs_resnet18_cifar10": {
         "source": "Savarese et al., \"Winning the lottery with continuous sparsification\", sec. 4.2: continuous "
         "sparsification on ResNet-18, CIFAR-10; SGD 0.1, momentum 0.9, batch 128, 85 epochs per round decayed x0.1 "
@@ -71,6 +91,28 @@ PRESETS: dict[str, dict] = {
             "dataset": "cifar10", "model": "mobilenetv3_small", "optimizer": "sgd", "lr": 0.35,
             "momentum": 0.9, "batch_size": 128, "weight_decay": 6e-5, "train_for": "100ep",
             "schedule": "cosine", "warmup": "5ep",
+        },
+    },
+    "deep_compression_lenet300": {
+        "source": "Han, Mao & Dally, \"Deep Compression\", ICLR 2016, Table 2: LeNet-300-100 on MNIST pruned to about 8 % "
+        "(here one shot: threshold 1.75 standard deviations of each layer, about 8 % of Gaussian weights, then 10 epochs "
+        "of retraining), 6-bit shared weights and 5-bit relative indices; dense training as Caffe's LeNet example, "
+        "which the paper builds on (SGD 0.01, momentum 0.9, weight decay 5e-4, batch 64; 20 epochs): train with "
+        "`train --preset`, then `compress RUN --preset`",
+        "fields": {
+            "dataset": "mnist", "model": "lenet_300_100", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
+            "weight_decay": 5e-4, "batch_size": 64, "train_for": "20ep",
+            "prune_quality": 1.75, "retrain": 10, "fc_bits": 6, "fc_index_bits": 5,
+        },
+    },
+    "resnet18_imagenet": {
+        "source": "Tartaglione 2022, \"The rise of the lottery heroes\", sec. 4: ResNet-18 on ImageNet (ILSVRC'12), 90 "
+        "epochs, SGD lr 0.1 decayed x0.1 at epochs 30 and 60, momentum 0.9, batch 1024, weight decay 5e-5 (the PyTorch "
+        "ImageNet example's setup)",
+        "fields": {
+            "dataset": "imagenet", "model": "resnet18_imagenet", "optimizer": "sgd", "lr": 0.1,
+            "momentum": 0.9, "batch_size": 1024, "weight_decay": 5e-5, "train_for": "90ep",
+            "schedule": "step", "milestones": "30ep,60ep", "gamma": 0.1,
         },
     },
 }

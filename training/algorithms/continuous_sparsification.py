@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fnmatch
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -65,22 +64,26 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from training.engine import checkpoint as ckpt_io
-from training.commands import Command, prepare_run, run_flags
-from training.engine.cost import training_cost
-from training.errors import UserError
+from training.algorithms.mask_search import (
+    MaskSearch,
+    check_frozen,
+    prepare_search,
+    run_mask_search,
+)
+from training.commands import Command, run_flags
 from training.engine.extensions import Extension, ParamGroup
-from training.hparams import Config, TrainingHparams, add_dataclass_flags, dumps
-from training.algorithms.imp import train_level_zero, train_ticket
-from training.engine.loop import Schedule, train
-from training.sparsity.masks import SigmoidMask, apply_mask, dense_mask, parametrize_weights, plain_weights_and_mask, prunable_names
-from training.engine.metrics_log import MetricsLog
-from training.engine.runs import Run, resolve_device
+from training.engine.loop import Schedule
+from training.engine.runs import Run
 from training.engine.steps import Step
+from training.errors import UserError
+from training.hparams import Config, TrainingHparams, add_dataclass_flags
+from training.sparsity.masks import SigmoidMask, parametrize_weights
 
 SAVARESE = 'Savarese et al., "Winning the lottery with continuous sparsification"'
 SECTIONS = ("dataset", "model", "training")
-SCORES_FORMAT = "lth-toolkit/cs-scores"
+# The paper's Conv-6 runs move each score by at most 3e-4 x ~33,000 Adam steps per round (about 10);
+# the MNIST-1D default has 1,170 steps per round, so its rate is 5e-3 (at most about 6).
+DEFAULT_ADAM_MASK_LR = 5e-3
 
 
 def _f(default: Any, help: str, choices: Optional[list[str]] = None, flag: Optional[str] = None) -> Any:
@@ -92,19 +95,22 @@ class CSHparams:
     """The hyperparameters of continuous sparsification; fields left at their default are left out
     of the run's hash (like every section of ``training.hparams.Config``)."""
 
-    penalty: float = _f(2e-5, "lambda: weight of the L1 penalty on the soft mask, summed over masked weights "
+    penalty: float = _f(5e-6, "lambda: weight of the L1 penalty on the soft mask, summed over masked weights "
                               "(paper: 1e-10 Conv-6, 1e-8 ResNet-18)", flag="--lambda")
     mask_init: float = _f(0.05, "s_0: initial value of every mask parameter; it sets the sparsity the search "
                                 "finds (paper: -0.03 to 0.03)")
     beta_initial: float = _f(1.0, "beta_0: temperature at the start of every round")
-    beta_final: float = _f(100.0, "beta_T: temperature at the end of every round (paper: 100 Conv-6, 200 ResNet-18)")
+    beta_final: float = _f(1000.0, "beta_T: temperature at the end of every round (paper: 100 Conv-6, 200 ResNet-18; "
+                                   "1000 here, so that the soft mask ends binary after the MNIST-1D default's 1,170 "
+                                   "steps per round)")
     beta_schedule: str = _f("iteration", "grow beta once per iteration (the paper's beta_T^(t/T)) or once per epoch "
                                          "(the authors' code)", ["iteration", "epoch"])
     mask_optimizer: str = _f("adam", "optimizer of the mask parameters: adam (its own rate, --mask-lr) or sgd "
                                      "(the weights' momentum and learning-rate schedule, or a constant --mask-lr)",
                              ["adam", "sgd"])
-    mask_lr: Optional[float] = _f(None, "learning rate of the mask parameters (default: 3e-4 with adam; the "
-                                        "weights' schedule with sgd)")
+    mask_lr: Optional[float] = _f(None, f"learning rate of the mask parameters (default: {DEFAULT_ADAM_MASK_LR:g} with "
+                                        f"adam, the paper's 3e-4 scaled to this scale's fewer steps; the weights' "
+                                        f"schedule with sgd)")
     mask_layers: str = _f("*", "weights that carry a mask: comma-separated globs on prunable weight names")
     dense_layers: str = _f("", "weights left dense (no mask parameter), globs; e.g. '*shortcut*,fc.weight' "
                                "(the paper's ResNet-18)")
@@ -149,65 +155,6 @@ def check_cs(hp: CSHparams) -> None:
     check_frozen(hp)
 
 
-def check_frozen(hp: Any) -> None:
-    """``UserError`` for a rewinding flag with ``--freeze-weights`` (the weights never move, so W^k = W^0)."""
-    if not hp.freeze_weights:
-        return
-    if Step.parse(hp.rewind, "-k/--rewind").value != 0:
-        raise UserError(f"-k/--rewind {hp.rewind} means nothing with --freeze-weights: the weights never leave W^0; "
-                        "drop -k")
-    if getattr(hp, "search_rewind", False):
-        raise UserError("--search-rewind means nothing with --freeze-weights: the weights never leave W^0")
-
-
-def freeze_parameters(model: nn.Module) -> None:
-    """Take every parameter of ``model`` out of training (``requires_grad`` off): no optimizer holds it,
-    so it stays bit-identical to its current value (call before the mask forms are attached)."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-
-
-def evaluated_level(run: Run, level: int, mask: Optional[dict[str, torch.Tensor]], meta: Optional[dict] = None) -> None:
-    """Write ``level_L``'s init.pt, rewind.pt and final.pt as W^0 under ``mask`` (None: dense), not
-    trained (iteration 0), final.pt with its losses (nats) and accuracies (in [0, 1]) on the test,
-    validation (if any) and training splits: a level of a ``--freeze-weights`` run."""
-    from training.engine.loop import evaluate
-
-    model = run.new_model()
-    apply_mask(model, mask)
-    meta = {"weights": "frozen at W^0 (--freeze-weights)", **(meta or {})}
-    for kind in ("init", "rewind"):
-        if not (run.level_dir(level) / f"{kind}.pt").exists():
-            run.save(model, mask, 0, level, kind, meta)
-    results: dict[str, float] = {}
-    for split in ("test", "val", "train"):
-        data = getattr(run.data, split)
-        if data is not None:
-            results[f"{split}_loss"], results[f"{split}_accuracy"] = evaluate(model, data)
-    results["stopped_at"] = 0
-    run.save(model, mask, 0, level, "final", {"results": results, "start_iteration": 0, **meta})
-
-
-def _patterns(text: str) -> list[str]:
-    return [p.strip() for p in text.split(",") if p.strip()]
-
-
-def masked_names(model: nn.Module, hp: CSHparams) -> list[str]:
-    """The prunable weights of ``model`` that carry a mask (``--mask-layers`` minus ``--dense-layers``),
-    in registration order; ``UserError`` for a pattern that names no prunable weight."""
-    names = prunable_names(model)
-    for flag, text in (("--mask-layers", hp.mask_layers), ("--dense-layers", hp.dense_layers)):
-        for pattern in _patterns(text):
-            if not fnmatch.filter(names, pattern):
-                raise UserError(f"{flag} pattern {pattern!r} matches no prunable weight of this model "
-                                f"({', '.join(names)})")
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in _patterns(hp.mask_layers))
-              and not any(fnmatch.fnmatchcase(n, p) for p in _patterns(hp.dense_layers))]
-    if not chosen:
-        raise UserError("--mask-layers and --dense-layers leave no weight with a mask")
-    return chosen
-
-
 def beta_at(t: int, start: int, end: int, iterations_per_epoch: int, hp: CSHparams) -> float:
     """The temperature of the network at iteration ``t`` of a round that runs from ``start`` to
     ``end``: beta_0 at ``start``, beta_T at ``end`` (per epoch: the round's last epoch is at beta_T)."""
@@ -236,7 +183,7 @@ class ScaledSigmoidMask(SigmoidMask):
         self.scale = float(scale)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * (self.soft() * self.scale)
+        return super().forward(w) * self.scale
 
 
 class ContinuousSparsification(Extension):
@@ -273,8 +220,9 @@ class ContinuousSparsification(Extension):
         scores = [form.scores for form in self.forms.values()]
         hp, training = self.hp, self.training
         if hp.mask_optimizer == "adam":
-            lr = 3e-4 if hp.mask_lr is None else hp.mask_lr
-            return [ParamGroup(scores, optimizer=lambda p: torch.optim.Adam(p, lr=lr))]
+            lr = DEFAULT_ADAM_MASK_LR if hp.mask_lr is None else hp.mask_lr
+            # fused: one kernel for all mask parameters (CPU and CUDA), the same update as the loop's
+            return [ParamGroup(scores, optimizer=lambda p: torch.optim.Adam(p, lr=lr, fused=True))]
         schedule = Schedule.build(training, self.ipe)
         return [ParamGroup(scores, optimizer=lambda p: torch.optim.SGD(
             p, lr=training.lr, momentum=training.momentum, nesterov=training.nesterov),
@@ -283,13 +231,15 @@ class ContinuousSparsification(Extension):
     def loss(self) -> Optional[torch.Tensor]:
         if not self.hp.penalty:
             return None
-        return self.hp.penalty * sum(form.soft().sum() for form in self.forms.values())
+        return self.hp.penalty * sum(form.take_training_soft().sum() for form in self.forms.values())
 
     def before_step(self, t: int) -> None:
         self.set_beta(t)
 
     def after_step(self, t: int) -> None:
         self.set_beta(t + 1)  # evaluations after the step see the network at iteration t + 1
+        for form in self.forms.values():
+            form.last_soft = None  # taken by loss() unless the penalty is 0
 
     def scores(self) -> dict[str, torch.Tensor]:
         return {name: form.scores.detach().clone() for name, form in self.forms.items()}
@@ -299,187 +249,53 @@ class ContinuousSparsification(Extension):
 # The run
 
 
+class CSSearch(MaskSearch):
+    """Continuous sparsification's rounds for ``run_mask_search``: round 1 from W^0 and s_0, later
+    rounds from the previous round's weights (or W^k with ``--search-rewind``) and its reset scores;
+    the ticket is b(s_T) = [s_T > 0]."""
+
+    name = "cs"
+
+    def __init__(self, hp: CSHparams, training: TrainingHparams):
+        self.hp, self.training = hp, training
+
+    def start(self, run: Run, r: int, previous: Optional[dict], k: int):
+        if previous is None:
+            return None, 0, None
+        scores = {n: reset_scores(s.to(run.device), self.hp) for n, s in previous["scores"].items()}
+        if self.hp.search_rewind:
+            return run.load_state(0, "rewind"), k, scores
+        return {n: v.to(run.device) for n, v in previous["weights"].items()}, 0, scores
+
+    def extension(self, model: nn.Module, run: Run, r: int, names: list[str],
+                  scores: Optional[dict[str, torch.Tensor]]) -> Extension:
+        return ContinuousSparsification(model, self.hp, self.training, names, scores)
+
+    def finish(self, run: Run, r: int, ext: Extension):
+        assert isinstance(ext, ContinuousSparsification)
+        ext.set_beta(run.total)
+        final = ext.scores()
+        soft = [form.soft().detach() for form in ext.forms.values()]
+        soft_density = sum(int((m != 0).sum()) for m in soft) / sum(m.numel() for m in soft)
+        not_binary = sum(int(((m - (s > 0).to(m.dtype)).abs() > 1e-6).sum()) for m, s in zip(soft, final.values()))
+        return final, {n: s > 0 for n, s in final.items()}, {
+            "beta_final": next(iter(ext.forms.values())).beta, "soft_density": soft_density,
+            "soft_not_binary": not_binary}
+
+
 def run_cs(config: Config, cs: Optional[CSHparams] = None, rounds: int = 3, *, out: str | Path = "runs",
            data_dir: Optional[str] = None, device: str = "auto", progress: bool = True,
            on_epoch_end: Optional[Callable[[int], None]] = None,
            after_step: Optional[Callable[[int, int], None]] = None) -> Run:
-    """Run (or resume) ``rounds`` rounds of continuous sparsification and train each round's ticket;
-    return the run with ``summary.json`` written (accuracies in [0, 1], costs in epochs and MACs).
-
-    ``rounds`` is not part of the run's identity: asking for more later extends the same folder.
-    ``after_step(round, t)`` is called after every search step (tests use it to kill a run)."""
+    """Run (or resume) ``rounds`` rounds of continuous sparsification and train each round's ticket
+    (``training.algorithms.mask_search.run_mask_search``); return the run with ``summary.json``
+    written (accuracies in [0, 1], costs in epochs and MACs). ``rounds`` is not part of the run's
+    identity. ``after_step(round, t)`` is called after every search step (tests use it to kill a run)."""
     cs = cs or CSHparams()
     check_cs(cs)
-    if rounds < 1:
-        raise UserError(f"--rounds must be at least 1, got {rounds}")
-    config.pruning = None
-    search_hp = dataclasses.replace(config.training, early_stopping=None)
-
-    def validate(model: nn.Module) -> None:
-        masked_names(model, cs)
-        _check_rewind(config, cs, data_dir)
-
-    run = Run(config, "cs", Path(out), resolve_device(device), data_dir, progress, (cs.canonical(),), on_epoch_end,
-              validate=validate)
-    ipe = run.iterations_per_epoch
-    k = Step.parse(cs.rewind, "-k/--rewind").iterations(ipe)
-    _record_cs(run, cs)
-    names = masked_names(run.new_model(), cs)
-    search_log = MetricsLog(run.dir / "search.jsonl")
-
-    # level 0: the dense network, W^k and the dense baseline (as IMP's level 0); W^0 itself when frozen
-    if cs.freeze_weights and not run.level_done(0):
-        evaluated_level(run, 0, run.mask_for(0, lambda: dense_mask(run.new_model())))
-    if not run.level_done(0):
-        model = run.new_model()
-        train_level_zero(run, model, run.mask_for(0, lambda: dense_mask(model)), rewind=k)
-
-    for r in range(1, rounds + 1):
-        scores_path = run.level_dir(r) / "scores.pt"
-        if not scores_path.exists():
-            _search_round(run, r, cs, search_hp, names, k, search_log, after_step)
-        if not run.level_done(r) and cs.freeze_weights:
-            mask = run.mask_for(r, lambda: {n: m.to(torch.bool) for n, m in _read_scores(scores_path)["mask"].items()})
-            evaluated_level(run, r, mask, {"cs_round": r})
-        if not run.level_done(r):
-            mask = run.mask_for(r, lambda: {n: m.to(torch.bool) for n, m in _read_scores(scores_path)["mask"].items()})
-            train_ticket(run, r, mask, k, meta={"cs_round": r})
-        _write_summary(run, rounds)
-    entries = _write_summary(run, rounds)
-    if progress:
-        run.print_summary(entries)
-        print(f"{'round':>5}  {'ticket density':>14}  {'ticket test acc':>15}  {'search epochs (cumulative)':>26}")
-        for e in entries[1:]:
-            print(f"{e['level']:>5}  {100 * e['density']:>13.2f}%  {100 * e['test_accuracy']:>14.2f}%  "
-                  f"{e['search']['cumulative_epochs']:>26.1f}")
-    return run
-
-
-def _check_rewind(config: Config, cs: CSHparams, data_dir: Optional[str]) -> None:
-    """Refuse a rewind point k at or after the end of a round (before any run folder exists)."""
-    from training.data import load_dataset
-    from training.engine.loop import check_lengths
-
-    k, length = Step.parse(cs.rewind, "-k/--rewind"), Step.parse(config.training.train_for, "--train-for")
-    if k.value == 0 or (k.unit == length.unit and k.value < length.value):
-        return
-    size = len(load_dataset(config.dataset, data_dir).train) if k.unit != length.unit else 1
-    check_lengths(config.training, -(-size // max(1, config.training.batch_size)), cs.rewind)
-
-
-def _record_cs(run: Run, cs: CSHparams) -> None:
-    """Add the full CS hyperparameters (defaults included) to ``config.json`` under ``cs``."""
-    import json
-
-    path = run.dir / "config.json"
-    stored = json.loads(path.read_text())
-    if stored.get("cs") != dataclasses.asdict(cs):
-        stored["cs"] = dataclasses.asdict(cs)
-        ckpt_io.atomic_write_text(path, dumps(stored))
-
-
-def _read_scores(path: Path) -> dict:
-    obj = ckpt_io.safe_load(path, "mask scores")
-    if not isinstance(obj, dict) or obj.get("format") != SCORES_FORMAT:
-        raise UserError(f"{path} is not a continuous-sparsification scores file; delete it to search the round again")
-    return obj
-
-
-def _search_round(run: Run, r: int, cs: CSHparams, hp: TrainingHparams, names: list[str], k: int, log: MetricsLog,
-                  after_step: Optional[Callable[[int, int], None]]) -> None:
-    """Search round ``r``: from W^0 and s_0 (round 1), else from the previous round's weights (or W^k
-    with ``search_rewind``) and its reset scores; write ``search.pt`` and ``scores.pt``."""
-    model = run.new_model()
-    if cs.freeze_weights:
-        freeze_parameters(model)
-    start, scores = 0, None
-    if r > 1:
-        previous = _read_scores(run.level_dir(r - 1) / "scores.pt")
-        scores = {n: reset_scores(s.to(run.device), cs) for n, s in previous["scores"].items()}
-        if cs.search_rewind:
-            model.load_state_dict(run.load_state(0, "rewind"))
-            start = k
-        else:
-            model.load_state_dict({n: v.to(run.device) for n, v in previous["weights"].items()})
-    ext = ContinuousSparsification(model, cs, hp, names, scores)
-    hooks: list[Extension] = [ext]
-    if after_step is not None:
-        hooks.append(_Hook(lambda t: after_step(r, t)))
-    run.level_dir(r).mkdir(parents=True, exist_ok=True)
-    metrics = train(model, run.data, hp, start=start, log=log, level=r, state_path=run.level_dir(r) / "search_state.pt",
-                    progress=run.progress, extensions=hooks)
-    ext.set_beta(run.total)
-    cost = training_cost(model, run.data.input_shape, None, start, metrics["stopped_at"], len(run.data.train),
-                         hp.batch_size)
-    soft = [form.soft().detach() for form in ext.forms.values()]
-    soft_density = sum(int((m != 0).sum()) for m in soft) / sum(m.numel() for m in soft)
-    not_binary = sum(int(((m - (s > 0).to(m.dtype)).abs() > 1e-6).sum()) for m, s in zip(soft, ext.scores().values()))
-    info = {"round": r, "start_iteration": start, "end_iteration": metrics["stopped_at"],
-            "epochs": (metrics["stopped_at"] - start) / run.iterations_per_epoch, "beta_final": ext.forms[names[0]].beta,
-            "backprop_macs": cost, "soft_density": soft_density, "soft_not_binary": not_binary,
-            "results": {key: v for key, v in metrics.items() if key.startswith(("test_", "val_", "train_"))}}
-    run.save(model, None, metrics["stopped_at"], r, "search", {"cs_search": info})
-    raw = {name: p.detach().cpu().clone() for name, p in _raw_state(model).items()}
-    ckpt_io.atomic_save({"format": SCORES_FORMAT, "round": r, "scores": {n: s.cpu() for n, s in ext.scores().items()},
-                         "mask": {n: (s > 0).cpu() for n, s in ext.scores().items()}, "weights": raw, "info": info},
-                        run.level_dir(r) / "scores.pt")
-    state = run.level_dir(r) / "search_state.pt"
-    if state.exists():
-        state.unlink()
-
-
-def _raw_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state under its plain names, raw weights (not multiplied by the mask)."""
-    state, _ = plain_weights_and_mask(model)
-    return state
-
-
-class _Hook(Extension):
-    def __init__(self, fn: Callable[[int], None]):
-        self.fn = fn
-
-    def after_step(self, t: int) -> None:
-        self.fn(t)
-
-
-def _write_summary(run: Run, rounds: int) -> list[dict]:
-    """``run.write_summary()`` plus the search cost: per ticket level R, ``search`` holds round R's
-    epochs, backprop MACs, soft-mask density (the code's count) and the cumulative cost of finding
-    the ticket (the k dense warm-up iterations plus rounds 1..R); top-level ``search_cost`` is the
-    total so far. Returns the entries as written."""
-    import json
-
-    entries = run.write_summary()
-    ipe = run.iterations_per_epoch
-    k = None
-    epochs, macs = 0.0, 0.0
-    for entry in entries:
-        level = entry["level"]
-        if level == 0:
-            final = ckpt_io.read_checkpoint(run.level_dir(0) / "rewind.pt")
-            k = final["step"]["iteration"]
-            warm = training_cost(run.new_model(), run.data.input_shape, None, 0, k, len(run.data.train),
-                                 run.config.training.batch_size)
-            epochs, macs = k / ipe, warm["total"]
-            entry["role"] = "dense"
-            continue
-        info = _read_scores(run.level_dir(level) / "scores.pt")["info"]
-        epochs += info["epochs"]
-        macs += info["backprop_macs"]["total"]
-        entry["role"] = "ticket"
-        entry["search"] = {"round": level, "epochs": info["epochs"], "backprop_macs": info["backprop_macs"]["total"],
-                           "cumulative_epochs": epochs, "cumulative_backprop_macs": macs,
-                           "soft_density": info["soft_density"], "soft_not_binary": info["soft_not_binary"],
-                           "test_accuracy": info["results"].get("test_accuracy"),
-                           "checkpoint": f"level_{level}/search.pt"}
-    path = run.dir / "summary.json"
-    stored = json.loads(path.read_text())
-    stored["levels"] = entries
-    stored["search_cost"] = {"epochs": epochs, "backprop_macs": macs,
-                             "note": "k dense warm-up iterations (W^k) plus every finished search round; the ticket "
-                                     "trainings and the dense baseline are not part of the search"}
-    ckpt_io.atomic_write_text(path, dumps(stored))
-    return entries
+    search = CSSearch(cs, dataclasses.replace(config.training, early_stopping=None))
+    return run_mask_search(config, search, rounds, out=out, data_dir=data_dir, device=device, progress=progress,
+                           on_epoch_end=on_epoch_end, after_step=after_step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,36 +309,8 @@ def _add_cs_flags(parser: argparse.ArgumentParser) -> None:
     add_dataclass_flags(parser.add_argument_group("continuous sparsification hyperparameters"), CSHparams, dest_prefix="cs_")
 
 
-def cs_from_args(args: argparse.Namespace) -> CSHparams:
-    """Dataclass defaults, then the preset's values, then the flags given; checked."""
-    from training.presets import preset_values
-
-    values = preset_values(args.preset) if getattr(args, "preset", None) else {}
-    given = vars(args)
-    hp = CSHparams(**{f.name: given.get(f"cs_{f.name}", values.get(f.name, f.default)) for f in fields(CSHparams)})
-    check_cs(hp)
-    return hp
-
-
-def _check_layers(config: Config, cs: CSHparams) -> None:
-    """Refuse an unknown layer pattern before any folder exists (the model is built on the CPU)."""
-    from training.data import dataset_spec
-    from training.models import build_model
-
-    spec = dataset_spec(config.dataset.dataset)
-    masked_names(build_model(config.model.model, spec.classes, spec.shape, config.training.seed), cs)
-
-
 def _prepare(args: argparse.Namespace):
-    from training.presets import preset_values
-
-    if args.rounds is None:
-        args.rounds = (preset_values(args.preset) if args.preset else {}).get("rounds", 3)
-    if args.rounds < 1:
-        raise UserError(f"--rounds must be at least 1, got {args.rounds}")
-    cs = cs_from_args(args)
-    return prepare_run(args, lambda config, **common: run_cs(config, cs, args.rounds, **common), sections=SECTIONS,
-                       check=lambda config: (_check_layers(config, cs), _check_rewind(config, cs, args.data_dir)))
+    return prepare_search(args, CSHparams, "cs_", check_cs, run_cs, SECTIONS)
 
 
 CS = Command(

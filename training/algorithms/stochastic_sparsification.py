@@ -34,7 +34,6 @@ above (the estimator, survivors keep s_T, removal compares with s_0, evaluation 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -43,31 +42,15 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from training.engine import checkpoint as ckpt_io
-from training.commands import Command, prepare_run, run_flags
-from training.algorithms.continuous_sparsification import (
-    SCORES_FORMAT,
-    _check_rewind,
-    _Hook,
-    _raw_state,
-    _read_scores,
-    _write_summary,
-    check_frozen,
-    evaluated_level,
-    freeze_parameters,
-    masked_names,
-)
-from training.engine.cost import training_cost
-from training.errors import UserError
+from training.algorithms.mask_search import MaskSearch, check_frozen, prepare_search, run_mask_search
+from training.commands import Command, run_flags
 from training.engine.extensions import Extension, ParamGroup
-from training.hparams import Config, TrainingHparams, add_dataclass_flags, dumps
-from training.algorithms.imp import train_level_zero, train_ticket
-from training.engine.loop import train
-from training.sparsity.masks import WeightForm, _StraightThrough, dense_mask, parametrize_weights
-from training.engine.metrics_log import MetricsLog
-from training.engine.runs import Run, resolve_device
+from training.engine.runs import Run
 from training.engine.seeding import derive_seed, generator
 from training.engine.steps import Step
+from training.errors import UserError
+from training.hparams import Config, add_dataclass_flags
+from training.sparsity.masks import WeightForm, _StraightThrough, parametrize_weights
 
 SAVARESE = 'Savarese et al., "Winning the lottery with continuous sparsification"'
 SECTIONS = ("dataset", "model", "training")
@@ -208,120 +191,56 @@ class StochasticSparsification(Extension):
 # The run
 
 
+class ISSSearch(MaskSearch):
+    """Iterative stochastic sparsification's rounds for ``run_mask_search``: round 1 from W^0 and s_0,
+    later rounds from W^k and the previous round's scores with the fallen ones at -inf; the ticket is
+    the mode (or one seeded sample, ``--ticket sample``)."""
+
+    name = "iss"
+    extra_column = ("search alive", "soft_density")
+
+    def __init__(self, hp: ISSHparams, seed: int):
+        self.hp, self.seed = hp, seed
+
+    def start(self, run: Run, r: int, previous: Optional[dict], k: int):
+        if previous is None:
+            return None, 0, None
+        scores = {n: remove_fallen(s.to(run.device), self.hp.mask_init) for n, s in previous["scores"].items()}
+        return run.load_state(0, "rewind"), k, scores
+
+    def extension(self, model: nn.Module, run: Run, r: int, names: list[str],
+                  scores: Optional[dict[str, torch.Tensor]]) -> Extension:
+        return StochasticSparsification(model, self.hp, names, self.seed, r, scores)
+
+    def finish(self, run: Run, r: int, ext: Extension):
+        assert isinstance(ext, StochasticSparsification)
+        final = ext.scores()
+        if self.hp.ticket == "sample":
+            g = generator(self.seed, "iss-ticket", r)
+            for name, form in ext.forms.items():
+                form.chosen = sample_ticket(final[name], g)
+        ticket = {name: form.binary() for name, form in ext.forms.items()}
+        s0 = self.hp.mask_init
+        alive = sum(int(torch.isfinite(s).sum()) for s in final.values()) / sum(s.numel() for s in final.values())
+        fallen = sum(int((s < s0).sum()) for s in final.values())  # removed before the next round
+        fallen_now = sum(int(((s < s0) & torch.isfinite(s)).sum()) for s in final.values())
+        not_binary = sum(int(((p > 1e-6) & (p < 1 - 1e-6)).sum()) for p in (torch.sigmoid(s) for s in final.values()))
+        return final, ticket, {"soft_density": alive, "soft_not_binary": not_binary, "removed_total": fallen,
+                               "removed_now": fallen_now, "ticket": self.hp.ticket}
+
+
 def run_iss(config: Config, iss: Optional[ISSHparams] = None, rounds: int = 3, *, out: str | Path = "runs",
             data_dir: Optional[str] = None, device: str = "auto", progress: bool = True,
             on_epoch_end: Optional[Callable[[int], None]] = None,
             after_step: Optional[Callable[[int, int], None]] = None) -> Run:
     """Run (or resume) ``rounds`` rounds of iterative stochastic sparsification and train each round's
-    ticket; return the run with ``summary.json`` written (accuracies in [0, 1], costs in epochs and
-    MACs). ``rounds`` is not part of the run's identity: asking for more later extends the folder.
-    ``after_step(round, t)`` is called after every search step (tests use it to kill a run)."""
+    ticket (``training.algorithms.mask_search.run_mask_search``); return the run with ``summary.json``
+    written (accuracies in [0, 1], costs in epochs and MACs). ``rounds`` is not part of the run's
+    identity. ``after_step(round, t)`` is called after every search step (tests use it to kill a run)."""
     iss = iss or ISSHparams()
     check_iss(iss)
-    if rounds < 1:
-        raise UserError(f"--rounds must be at least 1, got {rounds}")
-    config.pruning = None
-    search_hp = dataclasses.replace(config.training, early_stopping=None)
-
-    def validate(model: nn.Module) -> None:
-        masked_names(model, iss)  # type: ignore[arg-type]
-        _check_rewind(config, iss, data_dir)  # type: ignore[arg-type]
-
-    run = Run(config, "iss", Path(out), resolve_device(device), data_dir, progress, (iss.canonical(),), on_epoch_end,
-              validate=validate)
-    k = Step.parse(iss.rewind, "-k/--rewind").iterations(run.iterations_per_epoch)
-    _record_iss(run, iss)
-    names = masked_names(run.new_model(), iss)  # type: ignore[arg-type]
-    search_log = MetricsLog(run.dir / "search.jsonl")
-
-    # level 0: the dense network, W^k and the dense baseline (as IMP's level 0); W^0 itself when frozen
-    if iss.freeze_weights and not run.level_done(0):
-        evaluated_level(run, 0, run.mask_for(0, lambda: dense_mask(run.new_model())))
-    if not run.level_done(0):
-        model = run.new_model()
-        train_level_zero(run, model, run.mask_for(0, lambda: dense_mask(model)), rewind=k)
-
-    for r in range(1, rounds + 1):
-        scores_path = run.level_dir(r) / "scores.pt"
-        if not scores_path.exists():
-            _search_round(run, r, iss, search_hp, names, k, search_log, after_step)
-        if run.level_done(r):
-            continue
-        mask = run.mask_for(r, lambda: {n: m.to(torch.bool) for n, m in _read_scores(scores_path)["mask"].items()})
-        if iss.freeze_weights:
-            evaluated_level(run, r, mask, {"iss_round": r})
-            continue
-        train_ticket(run, r, mask, k, meta={"iss_round": r})
-        _write_summary(run, rounds)
-    entries = _write_summary(run, rounds)
-    if progress:
-        run.print_summary(entries)
-        print(f"{'round':>5}  {'ticket density':>14}  {'ticket test acc':>15}  {'search alive':>12}  "
-              f"{'search epochs (cumulative)':>26}")
-        for e in entries[1:]:
-            print(f"{e['level']:>5}  {100 * e['density']:>13.2f}%  {100 * e['test_accuracy']:>14.2f}%  "
-                  f"{100 * e['search']['soft_density']:>11.2f}%  {e['search']['cumulative_epochs']:>26.1f}")
-    return run
-
-
-def _record_iss(run: Run, iss: ISSHparams) -> None:
-    """Add the full ISS hyperparameters (defaults included) to ``config.json`` under ``iss``."""
-    import json
-
-    path = run.dir / "config.json"
-    stored = json.loads(path.read_text())
-    if stored.get("iss") != dataclasses.asdict(iss):
-        stored["iss"] = dataclasses.asdict(iss)
-        ckpt_io.atomic_write_text(path, dumps(stored))
-
-
-def _search_round(run: Run, r: int, iss: ISSHparams, hp: TrainingHparams, names: list[str], k: int, log: MetricsLog,
-                  after_step: Optional[Callable[[int, int], None]]) -> None:
-    """Search round ``r``: from W^0 and s_0 (round 1), else from W^k and the previous round's scores
-    with the fallen ones at -inf; write ``search.pt`` and ``scores.pt``."""
-    model = run.new_model()
-    if iss.freeze_weights:
-        freeze_parameters(model)
-    start, scores = 0, None
-    if r > 1:
-        previous = _read_scores(run.level_dir(r - 1) / "scores.pt")
-        scores = {n: remove_fallen(s.to(run.device), iss.mask_init) for n, s in previous["scores"].items()}
-        model.load_state_dict(run.load_state(0, "rewind"))
-        start = k
-    seed = run.config.training.seed
-    ext = StochasticSparsification(model, iss, names, seed, r, scores)
-    hooks: list[Extension] = [ext]
-    if after_step is not None:
-        hooks.append(_Hook(lambda t: after_step(r, t)))
-    run.level_dir(r).mkdir(parents=True, exist_ok=True)
-    metrics = train(model, run.data, hp, start=start, log=log, level=r, state_path=run.level_dir(r) / "search_state.pt",
-                    progress=run.progress, extensions=hooks)
-    cost = training_cost(model, run.data.input_shape, None, start, metrics["stopped_at"], len(run.data.train),
-                         hp.batch_size)
-    final = ext.scores()
-    if iss.ticket == "sample":
-        g = generator(seed, "iss-ticket", r)
-        for name, form in ext.forms.items():
-            form.chosen = sample_ticket(final[name], g)
-    ticket = {name: form.binary() for name, form in ext.forms.items()}
-    alive = sum(int(torch.isfinite(s).sum()) for s in final.values()) / sum(s.numel() for s in final.values())
-    fallen = sum(int((s < iss.mask_init).sum()) for s in final.values())  # removed before the next round
-    fallen_now = sum(int(((s < iss.mask_init) & torch.isfinite(s)).sum()) for s in final.values())
-    not_binary = sum(int(((p > 1e-6) & (p < 1 - 1e-6)).sum()) for p in (torch.sigmoid(s) for s in final.values()))
-    info = {"round": r, "start_iteration": start, "end_iteration": metrics["stopped_at"],
-            "epochs": (metrics["stopped_at"] - start) / run.iterations_per_epoch, "backprop_macs": cost,
-            "soft_density": alive, "soft_not_binary": not_binary, "removed_total": fallen, "removed_now": fallen_now,
-            "ticket": iss.ticket,
-            "results": {key: v for key, v in metrics.items() if key.startswith(("test_", "val_", "train_"))}}
-    run.save(model, None, metrics["stopped_at"], r, "search", {"iss_search": info})
-    raw = {name: p.detach().cpu().clone() for name, p in _raw_state(model).items()}
-    ckpt_io.atomic_save({"format": SCORES_FORMAT, "algorithm": "iss", "round": r,
-                         "scores": {n: s.cpu() for n, s in final.items()},
-                         "mask": {n: m.cpu() for n, m in ticket.items()}, "weights": raw, "info": info},
-                        run.level_dir(r) / "scores.pt")
-    state = run.level_dir(r) / "search_state.pt"
-    if state.exists():
-        state.unlink()
+    return run_mask_search(config, ISSSearch(iss, config.training.seed), rounds, out=out, data_dir=data_dir,
+                           device=device, progress=progress, on_epoch_end=on_epoch_end, after_step=after_step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,35 +249,12 @@ def _search_round(run: Run, r: int, iss: ISSHparams, hp: TrainingHparams, names:
 
 def _add_iss_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="search rounds; each round's ticket is trained and recorded "
-                                                   "(default: 3)")
+                                                   "(default: the preset's, else 3)")
     add_dataclass_flags(parser.add_argument_group("iterative stochastic sparsification hyperparameters"), ISSHparams, dest_prefix="iss_")
 
 
-def iss_from_args(args: argparse.Namespace) -> ISSHparams:
-    """Dataclass defaults, then the flags given; checked."""
-    given = vars(args)
-    hp = ISSHparams(**{f.name: given.get(f"iss_{f.name}", f.default) for f in fields(ISSHparams)})
-    check_iss(hp)
-    return hp
-
-
-def _check_layers(config: Config, iss: ISSHparams) -> None:
-    """Refuse an unknown layer pattern before any folder exists (the model is built on the CPU)."""
-    from training.data import dataset_spec
-    from training.models import build_model
-
-    spec = dataset_spec(config.dataset.dataset)
-    masked_names(build_model(config.model.model, spec.classes, spec.shape, config.training.seed), iss)  # type: ignore[arg-type]
-
-
 def _prepare(args: argparse.Namespace):
-    if args.rounds is None:
-        args.rounds = 3
-    if args.rounds < 1:
-        raise UserError(f"--rounds must be at least 1, got {args.rounds}")
-    iss = iss_from_args(args)
-    return prepare_run(args, lambda config, **common: run_iss(config, iss, args.rounds, **common), sections=SECTIONS,
-                       check=lambda config: (_check_layers(config, iss), _check_rewind(config, iss, args.data_dir)))  # type: ignore[arg-type]
+    return prepare_search(args, ISSHparams, "iss_", check_iss, run_iss, SECTIONS)
 
 
 ISS = Command(
@@ -375,8 +271,8 @@ examples:
   python -m training iss                                  # demo: MNIST-1D CNN, 3 rounds
   python -m training iss --rounds 5 --ticket sample       # 5 rounds; tickets drawn from Bernoulli(sigmoid(s))
   python -m training iss --freeze-weights --mask-init 0   # a supermask on frozen W^0 (SGD lr 100 on s)
-  python -m training iss --model conv6 --dataset cifar10 --optimizer adam --lr 3e-4 --batch-size 60 \\
-      --train-for 40ep --augment false --rounds 30 --device cuda   # the paper's Conv-6 setup
+  python -m training iss --preset iss_conv6_cifar10 --device cuda     # the paper's Conv-6 setup (30 rounds)
+  python -m training iss --preset ss_supermask_conv6_cifar10 --mask-init 0 --device cuda   # its Fig. 2 supermasks
 
 Run the same command again to resume; raise --rounds to add rounds. The search rounds log to
 search.jsonl (evaluated with the mode); their networks are level_R/search.pt; summary.json holds each

@@ -168,13 +168,26 @@ class SigmoidMask(WeightForm):
         super().__init__()
         self.scores = nn.Parameter(scores.detach().clone())
         self.beta = float(beta)
+        self.last_soft: Optional[torch.Tensor] = None
 
     def soft(self) -> torch.Tensor:
         """The soft mask sigmoid(beta * s), in [0, 1]."""
         return torch.sigmoid(self.beta * self.scores)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.soft()
+        soft = self.soft()
+        # kept for the L1 penalty of the same step, so the sigmoid is computed (and differentiated) once
+        self.last_soft = soft if torch.is_grad_enabled() else None
+        return w * soft
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "last_soft": None}  # copies and pickles never hold the graph
+
+    def take_training_soft(self) -> torch.Tensor:
+        """The soft mask of the last forward pass that records gradients (the one the loss of this
+        step differentiates), else a fresh ``soft()``; the module lets go of it."""
+        soft, self.last_soft = self.last_soft, None
+        return soft if soft is not None else self.soft()
 
     def binary(self) -> torch.Tensor:
         return self.scores.detach() > 0
