@@ -266,3 +266,23 @@ def test_frozen_weights_every_checkpoint_holds_w0_inside_the_mask_and_the_mask_i
     final = read_checkpoint(run.level_dir(1) / "final.pt")
     assert final["meta"]["start_iteration"] == 0 and final["step"]["iteration"] == 0
     assert all(torch.equal(final["mask"][n], s > 0) for n, s in scores.items())
+
+
+def test_a_frozen_search_counts_the_full_weight_gradient_and_old_defaults_are_refused(data_dir, tmp_path):
+    """--freeze-weights trains no weight, yet each score's gradient is its effective weight's: the
+    search's weight-gradient MACs equal the forward MACs (u_l = 1). A folder whose stored CS settings
+    differ from today's defaults (same hash: the hash covers non-defaults only) is refused, untouched."""
+    from training.errors import UserError
+
+    cs = CSHparams(freeze_weights=True, penalty=1e-3, mask_lr=0.01)
+    run = run_cs(tiny(), cs, rounds=1, out=tmp_path, progress=False)
+    macs = torch.load(run.level_dir(1) / "scores.pt", weights_only=True)["info"]["backprop_macs"]
+    assert macs["weight_grad"] == macs["forward"] > 0
+    config = json.loads((run.dir / "config.json").read_text())
+    config["cs"]["beta_final"] = 100.0  # as if written when beta_T's default was the paper's 100
+    (run.dir / "config.json").write_text(json.dumps(config))
+    before = {p: p.stat().st_mtime_ns for p in run.dir.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="beta_final stored 100.0, now 1000.0"):
+        run_cs(tiny(), cs, rounds=2, out=tmp_path, progress=False)
+    assert not (run.level_dir(2)).exists()
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p.name != ".lock")

@@ -9,7 +9,10 @@ Counting model, per training example, over the convolution and linear layers:
   (nothing needs the gradient with respect to the data);
 - gradient with respect to the weights: weights_l x positions_l x u_l, where u_l is the fraction
   of layer l's weights that are updated: 1 for dense training, the mask's density for LOT/IMP,
-  the kept set's density for RISE.
+  the kept set's density for RISE (its frozen weights need no gradient). A learned-mask search
+  (cs, iss, edge-popup) counts u_l = 1 whether its weights are trained or frozen
+  (``--freeze-weights``): the gradient of a mask score is that of its effective weight times an
+  elementwise factor, so the full weight-shaped gradient is computed either way.
 
 Biases, normalisation, activations and pooling are not counted. A run's cost is the per-example
 cost times the examples it processed; levels add up (a level's cumulative cost includes the
