@@ -8,7 +8,6 @@ writes ``NAME.png``, ``NAME.pdf``, ``NAME.csv``, ``NAME.json`` and ``NAME.md`` (
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from training.engine.checkpoint import atomic_write_bytes, atomic_write_text
+from training.engine.checkpoint import atomic_write_bytes, atomic_write_text, csv_text
 from training.errors import UserError
 
 SCALES = ("tiny", "small", "paper")
@@ -174,17 +173,6 @@ def pct(value: float, sd: Optional[float] = None) -> str:
     return f"{100 * value:.1f} %" if sd is None else f"{100 * value:.1f} ± {100 * sd:.1f} %"
 
 
-def _csv(rows: list[dict]) -> str:
-    names: list[str] = []
-    for row in rows:
-        names += [k for k in row if k not in names]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, names)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _json_safe(value: Any) -> Any:
     """Non-finite floats as None, so that the JSON is strict; Paths as strings."""
     if isinstance(value, float):
@@ -215,7 +203,7 @@ def write_outputs(figure: Figure, result: Result, ctx: Context, out: Path, secon
         result.figure.savefig(buffer, format=suffix[1:], dpi=dpi, bbox_inches="tight")
         atomic_write_bytes(stem.with_suffix(suffix), buffer.getvalue())
     pyplot().close(result.figure)
-    atomic_write_text(stem.with_suffix(".csv"), _csv(result.rows))
+    atomic_write_text(stem.with_suffix(".csv"), csv_text(result.rows))
     record = {
         "figure": figure.name, "title": figure.title, "reproduces": figure.reproduces, "scale": ctx.scale,
         "caption": {"claim": result.caption.claim, "ours": result.caption.ours,

@@ -20,7 +20,9 @@ MODULES = (
     "overparameterisation",   # 11. Malach vs Pensia
     "strong_lth_network",     # 12. Pensia et al. at their scale
     "cs_vs_imp",              # Savarese et al., Fig. 3: continuous sparsification against IMP
+    "supermask_ss_vs_cs",     # Savarese et al., Fig. 2: supermasks by stochastic against continuous sparsification
     "edge_popup_width",       # Ramanujan et al.: edge-popup subnetworks against width and k
+    "deep_compression",       # Han, Mao & Dally: Deep Compression (Table 2) of an IMP ticket
 )
 
 

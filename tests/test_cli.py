@@ -9,7 +9,7 @@ from training.__main__ import main
 
 BAD = [
     (["--model", "foo"], "unknown model 'foo'; choose one of: "),
-    (["--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of: mnist1d"),
+    (["--dataset", "svhn"], "unknown dataset 'svhn'; choose one of: mnist1d"),
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--fraction", "1.5"], "must be in (0, 1), got 1.5"),
     (["--fraction", "0"], "must be in (0, 1), got 0.0"),

@@ -131,8 +131,8 @@ def test_validation_split_is_disjoint_and_fixed(tmp_path):
 
 
 def test_unknown_dataset_lists_names(tmp_path):
-    with pytest.raises(UserError, match="mnist1d, mnist, cifar10, cifar100"):
-        load_dataset(DatasetHparams("imagenet"), tmp_path)
+    with pytest.raises(UserError, match="mnist1d, mnist, cifar10, cifar100, imagenet"):
+        load_dataset(DatasetHparams("svhn"), tmp_path)
 
 
 def test_crop_and_flip():

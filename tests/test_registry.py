@@ -18,8 +18,9 @@ from training.sparsity.pruning import SCORE_KINDS, SCORES, Score, prune, score_n
 
 # Captured from the CLI before the registry (hand-built sub-parsers and an if-chain in prepare):
 # each command's own flags and the defaults they parse to.
-RUN_GROUP = {"--preset": None, "--out": "runs", "--data-dir": None, "--device": "auto", "--threads": None,
-             "--no-progress": False}
+RUN_GROUP = {"--preset": None, "--out": "runs", "--data-dir": None, "--device": "auto", "--threads": 1,
+             "--precision": "fp32", "--channels-last": False, "--compile": False, "--deterministic": False,
+             "--no-progress": False, "--log": (), "--log-project": "lth-toolkit", "--log-group": "", "--mlflow-uri": ""}
 OWN = {
     "imp": {"--levels": 5, "-R/--keep": None},
     "lot": {"-I/--iterations": 4, "-R/--keep": None},
@@ -164,9 +165,9 @@ def test_prune_dispatches_through_the_registry(monkeypatch):
 
 
 def test_every_dataset_resolves_through_the_registry(data_dir):
-    assert list(DATASET_SPECS) == ["mnist1d", "mnist", "cifar10", "cifar100"]
+    assert list(DATASET_SPECS) == ["mnist1d", "mnist", "cifar10", "cifar100", "imagenet"]
     for name, spec in DATASET_SPECS.items():
-        assert spec.name == name and spec.classes in (10, 100) and len(spec.shape) in (2, 3)
+        assert spec.name == name and spec.classes in (10, 100, 1000) and len(spec.shape) in (2, 3)
     data = load_dataset(DatasetHparams(mnist1d_samples=500), data_dir)
     assert data.input_shape == DATASET_SPECS["mnist1d"].shape and data.num_classes == 10
 
@@ -187,9 +188,9 @@ def test_a_new_dataset_is_one_registry_entry(monkeypatch, tmp_path):
 
 def test_an_unknown_dataset_is_one_line_before_any_work(tmp_path, capsys):
     out = tmp_path / "runs"
-    assert main(["imp", "--dataset", "imagenet", "--out", str(out)]) == 2
-    assert capsys.readouterr().err == ("error: unknown dataset 'imagenet'; choose one of: mnist1d, mnist, cifar10, "
-                                       "cifar100\n")
+    assert main(["imp", "--dataset", "svhn", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("error: unknown dataset 'svhn'; choose one of: mnist1d, mnist, cifar10, "
+                                       "cifar100, imagenet\n")
     assert not out.exists()
 
 

@@ -87,11 +87,13 @@ def writable_dir(path: Union[str, Path], flag: str = "--out") -> Path:
     return folder
 
 
-def add_threads_flag(parser: argparse.ArgumentParser) -> None:
-    """``--threads N``: CPU threads for torch. It changes results (the order of floating-point
-    sums), so commands record it in their outputs' provenance."""
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); "
-                        "results can differ with the thread count")
+def add_threads_flag(parser, default: Optional[int] = None, help: Optional[str] = None) -> None:
+    """``--threads N`` on ``parser`` (or an argument group): CPU threads for torch. It changes
+    results (the order of floating-point sums), so commands record it in their outputs'
+    provenance, and run commands (``default`` 1) in the run's identity."""
+    parser.add_argument("--threads", type=int, default=default,
+                        help=help or "CPU threads for torch (default: torch's choice); results can differ with "
+                                     "the thread count")
 
 
 def check_threads(threads: Optional[int]) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from training.cli import add_threads_flag, check_threads, set_threads, writable_dir
+from training.engine import loggers
 from training.errors import UserError
 
 if TYPE_CHECKING:
@@ -55,11 +56,13 @@ class Command:
 def registry() -> list[Command]:
     """Every command of ``python -m training``, in the order ``--help`` lists them."""
     from training.algorithms import at_init, continuous_sparsification, controls, edge_popup, imp, rise, ticket_search
-    from training import run_index
+    from training import interop, run_index
     from training.algorithms import stochastic_sparsification
+    from training.compression import command as compression
 
     return [imp.IMP, imp.LOT, rise.RISE, continuous_sparsification.CS, stochastic_sparsification.ISS,
             edge_popup.EDGE_POPUP,
+            compression.COMPRESS, interop.IMPORT_MASK,
             ticket_search.TICKET_SEARCH, at_init.AT_INIT, imp.TRAIN, controls.CONTROL, run_index.RUNS, LIST, SWEEP]
 
 
@@ -78,14 +81,34 @@ def wrap(text: str) -> str:
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """The ``run`` group every run command has: preset, output and data folders, device, threads."""
+    """The ``run`` group every run command has: preset, output and data folders, device, threads,
+    precision, memory format, compilation, determinism (``training.hparams.ExecutionHparams`` says
+    which of them are part of the run's identity)."""
+    from training.hparams import PRECISIONS
+
     run = parser.add_argument_group("run")
     run.add_argument("--preset", help="start from a paper's setup (python -m training list); flags override it")
     run.add_argument("--out", default="runs", help="folder that holds run folders (default: runs)")
     run.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    add_threads_flag(run)
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto; part of the run's "
+                     "identity when not the CPU)")
+    add_threads_flag(run, default=1, help="CPU threads for torch (default: 1, so that a run's numbers do not "
+                     "depend on the machine); the thread count changes a CPU run's results, so another count "
+                     "is another run folder")
+    run.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                     help="arithmetic of the training and evaluation passes: fp32 (exact, the default), tf32 (a "
+                          "GPU's TF32 matrix units), bf16 (autocast), fp16 (autocast with a gradient scaler); "
+                          "masks stay exact under each")
+    run.add_argument("--channels-last", action="store_true",
+                     help="channels-last memory format for 2-D convolutions (faster on GPUs; no effect on a "
+                          "model without 2-D convolutions)")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the model for training (a slower first step, faster ones after)")
+    run.add_argument("--deterministic", action="store_true",
+                     help="deterministic GPU kernels (torch.use_deterministic_algorithms, no cuDNN autotuning): "
+                          "bit-identical reruns on the same GPU, slower; CPU runs are always deterministic")
     run.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
+    loggers.add_log_flags(run)  # --log, --log-project, ... (not part of the identity)
 
 
 def run_flags(own: Callable[[argparse.ArgumentParser], None],
@@ -122,7 +145,8 @@ def prepare_run(args: argparse.Namespace, run: Callable[..., Any], *, sections: 
                 defaults: Optional[dict] = None, finetune_allowed: bool = False,
                 adjust: Optional[Callable[[argparse.Namespace], None]] = None,
                 check: Optional[Callable[["Config"], None]] = None) -> Runner:
-    """The checks of a run command, before any work starts: threads and device, the command's
+    """The checks of a run command, before any work starts: threads, device and the other execution
+    settings (``config.execution``: precision, channels-last, compile, deterministic), the command's
     ``adjust(args)`` (its own flags checked and turned into hyperparameters), the configuration
     (dataclass defaults, then ``defaults``, the preset, the flags) with its training, pruning, model
     and dataset settings, the command's own ``check(config)``, and a writable ``--out``. Returns
@@ -133,12 +157,18 @@ def prepare_run(args: argparse.Namespace, run: Callable[..., Any], *, sections: 
     from training.engine.loop import check_training
     from training.models import check_model_name
     from training.engine.runs import resolve_device
+    from training.engine.loop import check_execution
+    from training.hparams import ExecutionHparams
 
     check_threads(args.threads)
-    resolve_device(args.device)
+    device = resolve_device(args.device)
     if adjust is not None:
         adjust(args)
     config = build_config(args, list(sections), args.preset, defaults)
+    config.execution = ExecutionHparams(device=device.type, threads=args.threads, precision=args.precision,
+                                        channels_last=args.channels_last, compile=args.compile,
+                                        deterministic=args.deterministic)
+    check_execution(config.execution, device)
     check_training(config.training)
     if "pruning" in sections:
         check_pruning(config.pruning, finetune_allowed=finetune_allowed)
@@ -151,7 +181,8 @@ def prepare_run(args: argparse.Namespace, run: Callable[..., Any], *, sections: 
 
     def go() -> Any:
         set_threads(args.threads)
-        return run(config, **common)
+        with loggers.logging_to(loggers.settings_from_args(args)):
+            return run(config, **common)
 
     return go
 

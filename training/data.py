@@ -18,7 +18,7 @@ import random
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from training.errors import UserError
 from training.hparams import DatasetHparams, check_fraction
 from training.engine.seeding import generator
+
+if TYPE_CHECKING:
+    from training.imagenet import ImageFolderSplit, ImageFolderTrainBatches
 
 DATA_DIR_ENV = "LTH_DATA_DIR"
 VALIDATION_SPLIT_SEED = 0  # fixed so that every run of a dataset holds out the same examples
@@ -69,6 +72,11 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the split's tensors are (a streamed split, ``training.imagenet``, has one too)."""
+        return self.x.device
 
     def to(self, device: torch.device | str) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
@@ -227,7 +235,9 @@ class DatasetSpec:
     (N, *shape); ``classes`` labels 0..classes-1; ``augment``: random crop and flip by default.
     ``cache(folder, hp)``: for a dataset this toolkit generates, the file it is cached in (a
     missing data folder is then created); ``check(hp)`` refuses the dataset's own bad settings
-    before anything is read or made."""
+    before anything is read or made. ``load(folder, hp)``: for a dataset too large for memory
+    (ImageNet), checks the files and returns the ``Dataset`` itself, its splits streamed from disk
+    (``read`` is then unused)."""
 
     name: str
     read: Callable[[Path, DatasetHparams], Arrays]
@@ -236,6 +246,7 @@ class DatasetSpec:
     augment: bool = False
     cache: Optional[Callable[[Path, DatasetHparams], Path]] = None
     check: Optional[Callable[[DatasetHparams], None]] = None
+    load: Optional[Callable[[Path, DatasetHparams], "Dataset"]] = None
 
 
 def _mnist1d(folder: Path, hp: DatasetHparams) -> Arrays:
@@ -248,12 +259,23 @@ def _check_mnist1d(hp: DatasetHparams) -> None:
         raise UserError(f"--mnist1d-samples must be at least 20, got {hp.mnist1d_samples}")
 
 
+def _streamed(folder: Path, hp: DatasetHparams) -> Arrays:
+    raise TypeError(f"{hp.dataset} is streamed from disk: DatasetSpec.load builds it")
+
+
+def _load_imagenet(folder: Path, hp: DatasetHparams) -> "Dataset":
+    from training.imagenet import load_imagenet
+
+    return load_imagenet(folder, hp)
+
+
 DATASET_SPECS: dict[str, DatasetSpec] = {d.name: d for d in (
     DatasetSpec("mnist1d", _mnist1d, 10, (1, 40), cache=lambda folder, hp: folder / f"mnist1d_{hp.mnist1d_samples}.npz",
                 check=_check_mnist1d),
     DatasetSpec("mnist", lambda folder, hp: _read_mnist(folder), 10, (1, 28, 28)),
     DatasetSpec("cifar10", lambda folder, hp: _read_cifar(folder, "cifar10"), 10, (3, 32, 32), augment=True),
     DatasetSpec("cifar100", lambda folder, hp: _read_cifar(folder, "cifar100"), 100, (3, 32, 32), augment=True),
+    DatasetSpec("imagenet", _streamed, 1000, (3, 224, 224), augment=True, load=_load_imagenet),
 )}
 
 
@@ -283,6 +305,8 @@ def load_dataset(hp: DatasetHparams, root: Optional[str | os.PathLike] = None) -
     folder = data_dir(root)
     generate = spec.cache is not None and not spec.cache(folder, hp).is_file()
     check_data_dir(folder, _data_dir_source(root), create=generate)
+    if spec.load is not None:
+        return spec.load(folder, hp)
     x, y, xt, yt = spec.read(folder, hp)
     for inputs, split in ((x, "training"), (xt, "test")):
         if tuple(inputs.shape[1:]) != spec.shape:
@@ -367,7 +391,21 @@ class TrainBatches:
             yield (x if x is not None else self.split.x[idx]), self.split.y[idx]
 
 
-def eval_batches(split: Split, batch_size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def train_batches(split: "Split | ImageFolderSplit", batch_size: int, seed: int,
+                  augment: bool) -> "TrainBatches | ImageFolderTrainBatches":
+    """The training batches of ``split``: ``TrainBatches`` for tensors; a split streamed from disk
+    (``training.imagenet.ImageFolderSplit``) brings its own, with the same ``iterations_per_epoch``
+    and ``epoch(e, skip)``."""
+    if isinstance(split, Split):
+        return TrainBatches(split, batch_size, seed, augment)
+    return split.train_batches(batch_size, seed, augment)
+
+
+def eval_batches(split: "Split | ImageFolderSplit", batch_size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``split`` in order, in batches of ``batch_size`` (a streamed split picks its own size)."""
+    if not isinstance(split, Split):
+        yield from split.eval_batches(batch_size)
+        return
     for start in range(0, len(split), batch_size):
         yield split.x[start : start + batch_size], split.y[start : start + batch_size]
 

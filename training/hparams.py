@@ -96,6 +96,61 @@ class PruningHparams:
               "the final small rate Liu et al. fine-tune with; give it with --schedule cosine, which ends near 0)")
 
 
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+@dataclass
+class ExecutionHparams:
+    """How a run is executed, as far as it changes the numbers it computes (its identity).
+
+    Which settings are part of a run's identity (its folder name ``ALGORITHM-HASH``):
+
+    ==================  ===========  ==========================================================
+    setting             default      in the identity
+    ==================  ===========  ==========================================================
+    hyperparameters     (dataclass)  when not at their defaults (dataset, model, training, pruning
+                                     sections and an algorithm's own settings)
+    ``--device`` type   cpu          when not cpu (``device=cuda``): kernels differ
+    ``--threads``       1            on the CPU, when not 1: the thread count changes the order of
+                                     floating-point sums, hence the weights. Not on a GPU, where
+                                     the CPU threads only feed kernels and sum nothing of the model
+    ``--precision``     fp32         when not fp32 (tf32: a GPU's TF32 matrix units; bf16, fp16:
+                                     autocast, fp16 with a gradient scaler)
+    ``--channels-last`` off          when on (also for a model without 2-D convolutions, where
+                                     it changes nothing: the identity records the flag as given)
+    ``--compile``       off          when on (fused kernels round differently)
+    ``--deterministic`` off          when on (other kernels on a GPU; on the CPU, where every
+                                     kernel is already deterministic, it changes nothing)
+    ``--out``, ``--data-dir``, ``--no-progress``, logging backends: never (where and how a run
+    is shown, not what it computes)
+    ==================  ===========  ==========================================================
+
+    A default run's identity is what it was before these settings existed, so old run folders
+    keep their names and resume. Same seed, same settings and the same machine give
+    bit-identical weights on the CPU (tests/test_identity.py); on a GPU see ``--deterministic``.
+    """
+
+    device: str = "cpu"  # the device *type* the run trains on (``Run`` sets it from its device)
+    threads: int = 1
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+
+    def identity(self) -> str:
+        """``execution(name=value,...)`` of the settings above that are part of the identity and
+        not at their defaults; ``""`` when none is (a default run)."""
+        parts = []
+        if self.device != "cpu":
+            parts.append(f"device={self.device!r}")
+        elif self.threads != 1:  # CPU threads change a CPU run's sums only
+            parts.append(f"threads={self.threads!r}")
+        for f in fields(self):
+            if f.name not in ("device", "threads") and getattr(self, f.name) != f.default:
+                parts.append(f"{f.name}={getattr(self, f.name)!r}")
+        return f"execution({','.join(parts)})" if parts else ""
+
+
 SECTIONS: dict[str, type] = {
     "dataset": DatasetHparams,
     "model": ModelHparams,
@@ -112,9 +167,13 @@ class Config:
     model: ModelHparams = field(default_factory=ModelHparams)
     training: TrainingHparams = field(default_factory=TrainingHparams)
     pruning: Optional[PruningHparams] = None
+    # not a section: no flags generated from it (the run group has them) and not in SECTIONS
+    execution: ExecutionHparams = field(default_factory=ExecutionHparams)
 
     def to_dict(self) -> dict:
-        return {name: (None if s is None else dataclasses.asdict(s)) for name, s in self._sections()}
+        data = {name: (None if s is None else dataclasses.asdict(s)) for name, s in self._sections()}
+        data["execution"] = dataclasses.asdict(self.execution)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
@@ -125,10 +184,15 @@ class Config:
                 continue
             known = {f.name for f in fields(kind)}
             kwargs[name] = kind(**{k: v for k, v in section.items() if k in known})
+        execution = data.get("execution")
+        if isinstance(execution, dict):  # absent in folders made before it existed: the defaults
+            known = {f.name for f in fields(ExecutionHparams)}
+            kwargs["execution"] = ExecutionHparams(**{k: v for k, v in execution.items() if k in known})
         return cls(**kwargs)
 
     def canonical(self) -> str:
-        """Fields that differ from their defaults, in a fixed order: the identity of the run."""
+        """Fields that differ from their defaults, in a fixed order, then the execution settings
+        that are part of the identity (``ExecutionHparams.identity``): the identity of the run."""
         parts = []
         for name, section in self._sections():
             if section is None:
@@ -139,7 +203,8 @@ class Config:
                 if getattr(section, f.name) != f.default
             ]
             parts.append(f"{name}(" + ",".join(changed) + ")")
-        return "|".join(parts)
+        execution = self.execution.identity()
+        return "|".join(parts + ([execution] if execution else []))
 
     def hash(self, *extra: str) -> str:
         """Return 12 hex digits naming the run (``extra`` adds runner-level identity)."""

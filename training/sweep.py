@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from training.engine.checkpoint import atomic_write_text
 from training.cli import ArgumentParser
+from training.engine.loggers import with_group
 from training.errors import UserError
 
 BACKENDS = ("local", "ray", "slurm")
@@ -199,6 +200,8 @@ def run_grid(command: str, grid: Mapping[str, Sequence[Any]], base: Sequence[str
     check_backend(backend)
     runs = plan(command, grid, base)
     path = index_path(command, grid, base)
+    for r in runs:  # --log wandb/mlflow: the sweep's runs grouped under its index's name
+        r.argv = with_group(r.argv, path.stem)
     write_index(runs, path)
     from tqdm import tqdm
 

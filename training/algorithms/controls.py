@@ -26,6 +26,8 @@ signed constants. None of the controls fine-tunes.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -34,7 +36,7 @@ import torch
 
 from training.engine.branches import BranchStart, train_run
 from training.engine.checkpoint import read_checkpoint
-from training.cli import add_threads_flag, check_threads, set_threads, writable_dir
+from training.cli import add_threads_flag, check_threads, writable_dir
 from training.commands import HAVINGA, Command
 from training.engine.cost import layer_macs
 from training.data import load_dataset
@@ -179,12 +181,17 @@ def check_control(run_dir: str | Path, control: str, level: int, seed: Optional[
 
 
 def run_control(run_dir: str | Path, control: str, level: int, seed: Optional[int] = None, *,
-                data_dir: Optional[str] = None, device: str = "auto", progress: bool = True) -> Run:
-    """Train control ``control`` on level ``level`` of the IMP run in ``run_dir``; return the branch run."""
+                data_dir: Optional[str] = None, device: str = "auto", progress: bool = True,
+                threads: Optional[int] = None) -> Run:
+    """Train control ``control`` on level ``level`` of the IMP run in ``run_dir`` with the run's
+    execution settings (``threads``, when given, replaces its CPU thread count, and names another
+    branch); return the branch run."""
     saved = check_control(run_dir, control, level, seed)
     run_dir = Path(run_dir)
     mask_path = run_dir / f"level_{level}" / "mask.pt"
     config = Config.from_dict(saved["config"])
+    if threads is not None:
+        config.execution = dataclasses.replace(config.execution, threads=threads)
     seed = config.training.seed + 1 if seed is None else seed
     mask = load_mask(mask_path)
     source = saved.get("hash") or run_dir.name.rsplit("-", 1)[-1]
@@ -223,7 +230,8 @@ def _flags(parser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the control's randomness (default: run seed + 1)")
     parser.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    add_threads_flag(parser)
+    add_threads_flag(parser, help="CPU threads for torch (default: the run's own); another count than the run's "
+                     "is another branch, since it changes the results")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
 
 
@@ -234,9 +242,8 @@ def _prepare(args):
     writable_dir(args.run, flag="RUN")  # the branch is written under RUN/branches/
 
     def go() -> Run:
-        set_threads(args.threads)
         return run_control(args.run, args.name, args.level, args.seed, data_dir=args.data_dir, device=args.device,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, threads=args.threads)
 
     return go
 

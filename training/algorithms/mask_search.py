@@ -102,7 +102,7 @@ def evaluated_level(run: Run, level: int, mask: Optional[dict[str, torch.Tensor]
     for split in ("test", "val", "train"):
         data = getattr(run.data, split)
         if data is not None:
-            results[f"{split}_loss"], results[f"{split}_accuracy"] = evaluate(model, data)
+            results[f"{split}_loss"], results[f"{split}_accuracy"] = evaluate(model, data, execution=run.config.execution)
     results["stopped_at"] = 0
     run.save(model, mask, 0, level, "final", {"results": results, "start_iteration": 0, **meta})
 
@@ -288,7 +288,7 @@ def search_round(run: Run, r: int, search: MaskSearch, hp: TrainingHparams, name
         hooks.append(CallAfterStep(lambda t: after_step(r, t)))
     run.level_dir(r).mkdir(parents=True, exist_ok=True)
     metrics = train(model, run.data, hp, start=start, log=log, level=r, state_path=run.level_dir(r) / "search_state.pt",
-                    progress=run.progress, extensions=hooks)
+                    progress=run.progress, extensions=hooks, execution=run.config.execution)
     cost = training_cost(model, run.data.input_shape, None, start, metrics["stopped_at"], len(run.data.train),
                          hp.batch_size)
     final, ticket, extra = search.finish(run, r, ext)

@@ -74,6 +74,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def csv_text(rows: list[dict]) -> str:
+    """``rows`` as CSV text with a header: every key of any row, in order of first appearance
+    (a row without a key leaves its cell empty), as pandas reads it."""
+    import csv
+    import io
+
+    names: list[str] = []
+    for row in rows:
+        names += [k for k in row if k not in names]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, names)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically."""
     import io

@@ -5,7 +5,9 @@ What an algorithm adds to a step (extra loss terms, its own parameters and optim
 around the step) comes in through ``training.engine.extensions.Extension``; the step stays the same."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +19,17 @@ from torch import nn
 from tqdm import tqdm
 
 from training.engine.checkpoint import atomic_save, safe_load
-from training.data import Dataset, Split, TrainBatches, eval_batches
+from training.data import Dataset, Split, eval_batches, train_batches
 from training.errors import UserError
 from training.engine.extensions import BatchNormL1, Extension, ParamGroup
-from training.hparams import TrainingHparams
+from training.hparams import PRECISIONS, ExecutionHparams, TrainingHparams
 from training.sparsity.masks import Mask, MaskEnforcer
 from training.engine.metrics_log import MetricsLog
 from training.engine.seeding import derive_seed
 from training.engine.steps import Step, parse_steps
 
 OPTIMIZERS = ("sgd", "adam")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = ("constant", "step", "cosine")
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
@@ -143,9 +146,16 @@ class Optimizers:
         for opt in self.all:
             opt.zero_grad(set_to_none=True)
 
-    def step(self) -> None:
+    def step(self, scaler: Optional["torch.amp.GradScaler"] = None) -> None:
+        """Step every optimizer; through ``scaler`` (fp16) when given, which unscales the gradients
+        and skips the step of an optimizer whose gradients hold inf or NaN."""
+        if scaler is None:
+            for opt in self.all:
+                opt.step()
+            return
         for opt in self.all:
-            opt.step()
+            scaler.step(opt)
+        scaler.update()
 
     def state_dict(self) -> dict:
         """``optimizer``: the weights' optimizer (the key resume states always had); ``own_optimizers``."""
@@ -163,16 +173,85 @@ class Optimizers:
             opt.load_state_dict(saved)
 
 
+# ---------------------------------------------------------------------------------------------
+# Execution: precision, memory format, compilation, determinism (``ExecutionHparams``)
+
+
+def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """The autocast context of ``precision`` on ``device_type``: nothing for fp32 (exact) and
+    tf32 (fp32 storage; the GPU's TF32 matrix units, set by ``apply_execution``)."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+
+
+def check_execution(execution: ExecutionHparams, device: torch.device) -> None:
+    """Raise ``UserError`` (one line naming the flag) for settings this machine cannot run:
+    an unknown precision, a thread count below 1, a precision the device has no autocast for,
+    ``--compile`` where ``torch.compile`` is missing. Commands call it before any work starts."""
+    if execution.precision not in PRECISIONS:
+        raise UserError(f"unknown --precision {execution.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if execution.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {execution.threads}")
+    if execution.precision == "tf32" and device.type != "cuda":
+        raise UserError("--precision tf32 uses a GPU's TF32 matrix units; on the CPU use fp32 or bf16")
+    dtype = AUTOCAST_DTYPES.get(execution.precision)
+    if dtype is not None:
+        if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise UserError("--precision bf16: this GPU has no bfloat16; use fp16 or fp32")
+        try:
+            with torch.autocast(device.type, dtype=dtype):
+                works = (torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)).dtype == dtype
+        except RuntimeError:
+            works = False
+        if not works:
+            raise UserError(f"--precision {execution.precision}: this torch build has no {device.type} autocast "
+                            f"for {dtype}; use fp32")
+    if execution.compile and not hasattr(torch, "compile"):
+        raise UserError("--compile needs torch.compile (torch 2.0 or later)")
+
+
+def apply_execution(execution: ExecutionHparams, device: torch.device) -> None:
+    """Set the process-wide state ``execution`` asks for: on the CPU torch's thread count; on a
+    GPU the TF32 switches (off unless ``precision`` is tf32, so that fp32 is exact fp32) and,
+    with ``deterministic``, deterministic algorithms (``torch.use_deterministic_algorithms``,
+    cuDNN without autotuning, cuBLAS's fixed workspace); without it cuDNN autotunes (fastest).
+
+    What is deterministic: on the CPU every run, whatever these settings (same seed, settings and
+    machine: bit-identical weights). On a GPU without ``deterministic``: not bit-identical run to
+    run (cuDNN's autotuner may pick other kernels, atomics sum in any order); with it: bit-identical
+    on the same GPU model, driver and torch version (an op with no deterministic kernel raises)."""
+    if device.type == "cpu":
+        torch.set_num_threads(execution.threads)
+    if device.type == "cuda":
+        tf32 = execution.precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = not execution.deterministic
+        torch.backends.cudnn.deterministic = execution.deterministic
+        if execution.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS when a handle is made
+    if execution.deterministic or torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(execution.deterministic)
+
+
+def _to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
-    """Return (mean cross-entropy loss in nats, accuracy in [0, 1]) of ``model`` on ``split``."""
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
+             execution: Optional[ExecutionHparams] = None) -> tuple[float, float]:
+    """Return (mean cross-entropy loss in nats, accuracy in [0, 1]) of ``model`` on ``split``,
+    computed at ``execution``'s precision and memory format (default: exact fp32)."""
+    execution = execution or ExecutionHparams()
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.device)
     for x, y in eval_batches(split, batch_size):
-        out = model(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+        with autocast(execution.precision, split.device.type):
+            out = model(_to_memory_format(x, execution.channels_last))
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
     n = max(1, len(split))
@@ -224,7 +303,8 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
           save_points: Iterable[int] = (), on_save: Optional[Callable[[int], None]] = None,
           state_path: Optional[Path] = None, progress: bool = True,
           on_epoch_end: Optional[Callable[[int], None]] = None,
-          frozen: Optional[dict[str, torch.Tensor]] = None, extensions: Sequence[Extension] = ()) -> dict:
+          frozen: Optional[dict[str, torch.Tensor]] = None, extensions: Sequence[Extension] = (),
+          execution: Optional[ExecutionHparams] = None) -> dict:
     """Train ``model`` (already on the data's device) from iteration ``start`` to ``end``.
 
     Pruned weights (``mask``) stay exactly zero, or at ``frozen``'s values if given (RISE).
@@ -239,8 +319,18 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
 
     ``extensions`` add loss terms, parameter groups, optimizers and hooks to every step
     (``training.engine.extensions``); ``hp.bn_l1`` adds ``BatchNormL1`` after them.
+
+    ``execution`` (default: exact fp32, no compilation) sets the precision (autocast of the
+    forward pass and the loss; fp16 with a gradient scaler), the memory format of 2-D
+    convolutions (channels-last for the training, back to contiguous at the end) and whether the
+    forward pass is ``torch.compile``d; the masks are held exactly under every setting.
+
+    No step waits for the device: metrics stay on it until an evaluation logs them (and at each
+    epoch's resume point). fp16's gradient scaler is the exception: it reads back whether the
+    gradients overflowed, once per step.
     """
-    batches = TrainBatches(data.train, hp.batch_size, hp.seed, data.augment)
+    execution = execution or ExecutionHparams()
+    batches = train_batches(data.train, hp.batch_size, hp.seed, data.augment)
     ipe = batches.iterations_per_epoch
     total, _, eval_every = check_lengths(hp, ipe)
     end = total if end is None else end
@@ -249,6 +339,12 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     for ext in extensions:
         ext.begin(model, start=start, end=end, iterations_per_epoch=ipe)
     optimizers = Optimizers(model, hp, schedule, [g for ext in extensions for g in ext.param_groups()])
+    device = next(model.parameters()).device
+    if execution.channels_last:  # 4-D weights only: a model without 2-D convolutions is unchanged
+        model.to(memory_format=torch.channels_last)
+    # the compiled module shares the model's parameters: the enforcer below writes into both
+    forward = torch.compile(model) if execution.compile else model
+    scaler = torch.amp.GradScaler(device.type) if execution.precision == "fp16" else None
     enforce = MaskEnforcer(model, mask, frozen)
     enforce()
     save_points = set(save_points)
@@ -270,6 +366,8 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
         state = safe_load(state_path, "resume state")
         model.load_state_dict(state["model"])
         optimizers.load_state_dict(state)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         for ext, saved in zip(extensions, state.get("extensions", [])):
             ext.load_state_dict(saved)
         t = int(state["iteration"])
@@ -289,10 +387,11 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
         if pending:
             losses = torch.stack([p[0] for p in pending])
             row["train_loss"] = float(losses.double().mean())
-            row["train_accuracy"] = float(sum(int(p[1]) for p in pending)) / sum(p[2] for p in pending)
-        row["test_loss"], row["test_accuracy"] = evaluate(model, data.test)
+            correct = int(torch.stack([p[1] for p in pending]).sum())  # one read-back, not one per step
+            row["train_accuracy"] = float(correct) / sum(p[2] for p in pending)
+        row["test_loss"], row["test_accuracy"] = evaluate(model, data.test, execution=execution)
         if data.val is not None:
-            row["val_loss"], row["val_accuracy"] = evaluate(model, data.val)
+            row["val_loss"], row["val_accuracy"] = evaluate(model, data.val, execution=execution)
         row["seconds"] = time.perf_counter() - clock
         if log is not None:
             log.write(row)
@@ -326,12 +425,14 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
             for ext in extensions:
                 ext.before_step(t)
             optimizers.set_lr(t)
-            out = model(x)
-            loss = F.cross_entropy(out, y)  # what is logged as train_loss
+            with autocast(execution.precision, device.type):
+                out = forward(_to_memory_format(x, execution.channels_last))
+                loss = F.cross_entropy(out, y)  # what is logged as train_loss (fp32 under autocast too)
             terms = [term for ext in extensions if (term := ext.loss()) is not None]
             optimizers.zero_grad()
-            (loss + sum(terms) if terms else loss).backward()
-            optimizers.step()
+            total_loss = loss + sum(terms) if terms else loss
+            (total_loss if scaler is None else scaler.scale(total_loss)).backward()
+            optimizers.step(scaler)
             for ext in extensions:
                 ext.after_step(t)
             enforce()
@@ -354,14 +455,16 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
             check_finite(t)
             if state_path is not None:
                 atomic_save({"model": model.state_dict(), **optimizers.state_dict(), "iteration": t,
+                             **({"scaler": scaler.state_dict()} if scaler is not None else {}),
                              "extensions": [ext.state_dict() for ext in extensions],
                              "pending": [(l.cpu(), c.cpu(), n) for l, c, n in pending],
                              "best": best.state() if best is not None else None}, state_path)
             if on_epoch_end is not None:
                 on_epoch_end(t // ipe)
     bar.close()
+    if execution.channels_last:  # checkpoints and the code after training see contiguous weights
+        model.to(memory_format=torch.contiguous_format)
     if best is not None:
-        device = next(model.parameters()).device
         model.load_state_dict({k: v.to(device) for k, v in best.weights.items()})
         last = dict(best.row)
     last["stopped_at"] = t

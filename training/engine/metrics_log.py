@@ -16,14 +16,17 @@ def _clean(value):
 
 
 class MetricsLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, mirror=None):
         self.path = Path(path)
+        self.mirror = mirror  # training.engine.loggers.Mirror: TensorBoard, W&B, MLflow (--log)
 
     def write(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
             f.flush()
+        if self.mirror is not None:
+            self.mirror.write(record)
 
     def read(self) -> list[dict]:
         if not self.path.exists():
@@ -41,3 +44,5 @@ class MetricsLog:
         if self.path.exists():
             kept = [r for r in self.read() if keep(r)]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        if self.mirror is not None:
+            self.mirror.restart(self.read())

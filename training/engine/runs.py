@@ -1,7 +1,8 @@
 """Run folders: where a run's files live, how each level is trained and recorded, and resume.
 
 A run lives in ``OUT/ALGORITHM-HASH/`` (the hash covers every hyperparameter that differs from
-its default)::
+its default and the execution settings that change results when not at their defaults: device
+type, CPU threads, precision, ... ``training.hparams.ExecutionHparams`` has the table)::
 
     config.json          the full configuration, and the software that ran it ("provenance": one
                          entry per start that changed the software or the levels asked for)
@@ -21,6 +22,7 @@ time works in a folder: a second one fails at once.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import io
 import json
@@ -44,9 +46,11 @@ from training.data import Dataset, load_dataset
 from training.errors import UserError
 from training.hparams import Config, TrainingHparams, dumps
 from training.engine.extensions import Extension
-from training.engine.loop import check_lengths, train
+from training.engine.loop import apply_execution, check_execution, check_lengths, train
 from training.sparsity.masks import Mask, check_mask, count
 from training.engine.metrics_log import MetricsLog
+from training.engine import loggers
+from training.engine.loggers import LogSettings
 from training.models import build_model, check_model_name
 from training.engine.provenance import provenance
 
@@ -231,12 +235,21 @@ class Run:
     # the levels this start means to train, recorded in config.json's provenance so that
     # ``python -m training runs`` can tell a finished run from a stopped one (None: not recorded)
     levels: Optional[int] = None
+    # TensorBoard / W&B / MLflow mirrors of metrics.jsonl (None: what --log asked; training.engine.loggers)
+    logging: Optional["LogSettings"] = None
     data: Dataset = field(init=False)
 
     def __post_init__(self) -> None:
         check_model_name(self.config.model.model)
         self.root = writable_dir(self.root, self.out_flag)  # before anything slow
+        # the device the run trains on is part of its execution settings (hence of its identity
+        # when not the CPU); a copy, so that the caller's configuration is left as it was
+        self.config = dataclasses.replace(
+            self.config, execution=dataclasses.replace(self.config.execution, device=self.device.type))
+        check_execution(self.config.execution, self.device)
         self.hash = self.config.hash(self.algorithm, *self.extra_identity)
+        # the thread count applies from here on: the data's normalisation sums depend on it too
+        apply_execution(self.config.execution, self.device)
         self.dir = self.root / f"{self.algorithm}-{self.hash}"
         self._lock: Optional[FolderLock] = None
         self.data = load_dataset(self.config.dataset, self.data_dir).to(self.device)
@@ -264,6 +277,9 @@ class Run:
         weakref.finalize(self, self._lock.release)
         try:
             self._write_or_check_config()
+            self.log.mirror = loggers.start(self, self.logging)
+            if self.log.mirror is not None:
+                weakref.finalize(self, self.log.mirror.close)
         except BaseException:
             self.close()
             raise
@@ -271,6 +287,9 @@ class Run:
     def close(self) -> None:
         """Release the run folder's lock (it is also released when this object is garbage collected
         or the process exits). The object stays readable (``dir``, ``summary``)."""
+        mirror = getattr(getattr(self, "log", None), "mirror", None)
+        if mirror is not None:  # ends the --log runs (TensorBoard, W&B, MLflow)
+            mirror.close()
         if self._lock is not None:
             self._lock.release()
 
@@ -295,7 +314,10 @@ class Run:
             return
         stored = read_run_config(self.dir, f"delete {self.dir} to start it again, or use another {self.out_flag}")
         stored_config = stored["config"]
-        diffs = config_differences(stored_config, self.config.to_dict())
+        # execution settings: the hash already covers those in the identity; the others (the CPU
+        # threads of a GPU run) may change from one start to the next
+        diffs = config_differences({k: v for k, v in stored_config.items() if k != "execution"},
+                                   {k: v for k, v in self.config.to_dict().items() if k != "execution"})
         if stored.get("algorithm", self.algorithm) != self.algorithm:
             diffs.insert(0, f"algorithm stored {stored['algorithm']!r}, now {self.algorithm!r}")
         if list(stored.get("identity", self.extra_identity)) != list(self.extra_identity):
@@ -403,7 +425,7 @@ class Run:
         metrics = train(model, self.data, hp, start=start, end=end, mask=mask,
                         log=self.log, level=level, save_points=save_points, on_save=on_save, state_path=state,
                         progress=self.progress, on_epoch_end=self.on_epoch_end, frozen=frozen,
-                        extensions=extensions)
+                        extensions=extensions, execution=self.config.execution)
         results = {k: v for k, v in metrics.items() if k.startswith(("test_", "val_", "train_"))}
         results["stopped_at"] = metrics["stopped_at"]
         cost = training_cost(model, self.data.input_shape, mask, start, metrics["stopped_at"], len(self.data.train),
@@ -444,7 +466,8 @@ class Run:
         separated by ``;``); return the entries."""
         entries = self.summary()
         ckpt_io.atomic_write_text(self.dir / "summary.json", dumps(
-            {"run": self.hash, "algorithm": self.algorithm, "folder": str(self.dir), "levels": entries}))
+            {"run": self.hash, "algorithm": self.algorithm, "folder": str(self.dir),
+             "execution": dataclasses.asdict(self.config.execution), "levels": entries}))
         columns = ["level", "density", "weights_kept", "weights_prunable", "test_accuracy", "test_loss",
                    "val_accuracy", "val_loss", "train_accuracy", "train_loss", "backprop_macs",
                    "cumulative_backprop_macs"] + [f"{kind}_path" for kind in CSV_CHECKPOINTS] + ["step_paths"]
@@ -457,6 +480,8 @@ class Run:
                    "step_paths": ";".join(v for k, v in paths.items() if k.startswith("step_"))}
             writer.writerow(row)
         ckpt_io.atomic_write_text(self.dir / "summary.csv", buffer.getvalue())
+        if self.log.mirror is not None:  # --log: each new level's numbers as summary/NAME
+            self.log.mirror.levels(entries)
         return entries
 
     def print_summary(self, entries: list[dict]) -> None:
