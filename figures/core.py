@@ -84,10 +84,12 @@ class Context:
         return {"tiny": tiny, "small": small, "paper": paper}[self.scale]
 
     def common_flags(self, command: str) -> list[str]:
-        """Flags every run of this context gets (controls write under their run and take no ``--out``)."""
+        """Flags every run of this context gets (controls write under their run and take no ``--out``).
+        Figures sweep into collapse on purpose (their runs' summaries still mark a level at chance), so
+        such a level does not stop a run: ``--allow-diverged``."""
         flags = ["--no-progress", "--device", self.device]
         if command != "control":
-            flags += ["--out", str(self.runs)]
+            flags += ["--out", str(self.runs), "--allow-diverged"]
         if self.data_dir:
             flags += ["--data-dir", self.data_dir]
         if self.threads is not None:

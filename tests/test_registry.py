@@ -20,7 +20,7 @@ from training.sparsity.pruning import SCORE_KINDS, SCORES, Score, prune, score_n
 # each command's own flags and the defaults they parse to.
 RUN_GROUP = {"--preset": None, "--out": "runs", "--data-dir": None, "--device": "auto", "--threads": 1,
              "--precision": "fp32", "--channels-last": False, "--compile": False, "--deterministic": False,
-             "--no-progress": False, "--log": (), "--log-project": "lth-toolkit", "--log-group": "", "--mlflow-uri": ""}
+             "--no-progress": False, "--allow-diverged": False, "--log": (), "--log-project": "lth-toolkit", "--log-group": "", "--mlflow-uri": ""}
 OWN = {
     "imp": {"--levels": 5, "-R/--keep": None},
     "lot": {"-I/--iterations": 4, "-R/--keep": None},

@@ -257,3 +257,42 @@ def test_a_folder_made_before_the_package_layout_changed_resumes(data_dir, tmp_p
         assert a[part] and a[part].keys() == b[part].keys()
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
     assert 0 < sum(int(m.sum()) for m in a["mask"].values()) < sum(m.numel() for m in a["mask"].values())
+
+
+def test_a_level_at_chance_stops_the_run_unless_allowed(data_dir, tmp_path, capsys):
+    """At a learning rate that kills training, level 0 ends at chance: one line naming the level and the
+    learning rate, exit status 1, the level marked in summary.json, and no level pruned from it; a rerun
+    stops again; --allow-diverged goes on (still marked). The last level of a run never stops it."""
+    from training.__main__ import main
+    from training.engine.runs import allowing_diverged
+
+    with allowing_diverged(False):  # the default outside the test suite
+        _a_level_at_chance(main, tmp_path, capsys)
+
+
+def _a_level_at_chance(main, tmp_path, capsys):
+    argv = ["imp", "--model", "mnist1d_mlp", "--mnist1d-samples", "500", "--train-for", "2ep", "--batch-size", "40",
+            "--lr", "3", "--levels", "3", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "warning: level 0 ended at chance" in err and err.strip().splitlines()[-1].startswith("error: level 0 of imp-")
+    assert "lr 3)" in err and "--allow-diverged" in err
+    (folder,) = tmp_path.glob("imp-*")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["levels"][0]["diverged"] and not (folder / "level_1" / "final.pt").exists()
+    assert main(argv) == 1 and not (folder / "level_1" / "final.pt").exists()
+    capsys.readouterr()
+    assert main(argv + ["--allow-diverged"]) == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [e["level"] for e in summary["levels"]] == [0, 1, 2] and summary["levels"][0]["diverged"]
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_healthy_runs_are_not_marked_and_report_both_densities_and_layer_counts(finished):
+    summary = json.loads((finished.dir / "summary.json").read_text())
+    for entry in summary["levels"]:
+        assert "diverged" not in entry
+        assert entry["density_trained"] == entry["density"] == pytest.approx(entry["density_nonzero"], abs=0.01)
+        assert sum(c["kept"] for c in entry["layers"].values()) == entry["weights_kept"]

@@ -47,7 +47,7 @@ def quiet_interrupts_during_import() -> None:
 def run_command(body: Callable[[], Optional[int]], interrupted: str = "interrupted") -> int:
     """Run a command's body; return its exit status.
 
-    ``UserError`` prints ``error: MESSAGE`` (one line) and returns 2; Ctrl-C prints
+    ``UserError`` prints ``error: MESSAGE`` (one line) and returns 2 (``RunStopped``: 1); Ctrl-C prints
     ``interrupted`` (``interrupted``'s text) and returns 130; anything else is a bug and raises."""
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -58,7 +58,7 @@ def run_command(body: Callable[[], Optional[int]], interrupted: str = "interrupt
         return 0 if status is None else int(status)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ work starts (``prepare_run``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -108,6 +109,11 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                      help="deterministic GPU kernels (torch.use_deterministic_algorithms, no cuDNN autotuning): "
                           "bit-identical reruns on the same GPU, slower; CPU runs are always deterministic")
     run.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
+    run.add_argument("--allow-diverged", action="store_true",
+                     help="go on after a level that ends at chance (test accuracy at the majority class's share, "
+                          "or a training loss never below a uniform prediction's); without it such a level stops "
+                          "the run with exit status 1 when later levels would build on it (it is always marked "
+                          "in summary.json and warned about)")
     loggers.add_log_flags(run)  # --log, --log-project, ... (not part of the identity)
 
 
@@ -181,7 +187,10 @@ def prepare_run(args: argparse.Namespace, run: Callable[..., Any], *, sections: 
 
     def go() -> Any:
         set_threads(args.threads)
-        with loggers.logging_to(loggers.settings_from_args(args)):
+        from training.engine.runs import allowing_diverged
+
+        allow = allowing_diverged() if args.allow_diverged else contextlib.nullcontext()
+        with loggers.logging_to(loggers.settings_from_args(args)), allow:
             return run(config, **common)
 
     return go

@@ -7,3 +7,10 @@ class UserError(Exception):
     Command-line entry points print it as ``error: <message>`` and exit with status 2; library
     callers can catch it like any other exception.
     """
+
+
+class RunStopped(UserError):
+    """A run stopped itself because going on would mean nothing (a level ended at chance before
+    others that depend on it): one line, exit status 1, the run's files kept."""
+
+    exit_code = 1

@@ -21,6 +21,8 @@ time works in a folder: a second one fails at once.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import dataclasses
 import fcntl
@@ -43,11 +45,11 @@ from training.engine import checkpoint as ckpt_io
 from training.cli import writable_dir
 from training.engine.cost import training_cost
 from training.data import Dataset, load_dataset
-from training.errors import UserError
+from training.errors import RunStopped, UserError
 from training.hparams import Config, TrainingHparams, dumps
 from training.engine.extensions import Extension
 from training.engine.loop import apply_execution, check_execution, check_lengths, train
-from training.sparsity.masks import Mask, check_mask, count
+from training.sparsity.masks import Mask, check_mask, collapse_warnings, count, layer_counts
 from training.engine.metrics_log import MetricsLog
 from training.engine import loggers
 from training.engine.loggers import LogSettings
@@ -214,6 +216,51 @@ def read_run_config(run_dir: Path, remedy: str = "give a run folder written by t
         raise UserError(f"{path} cannot be read ({type(exc).__name__}), so what the run folder holds is "
                         f"unknown; {remedy}") from None
     return stored
+
+
+_allow_diverged: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_diverged", default=False)
+
+
+@contextlib.contextmanager
+def allowing_diverged(allow: bool = True):
+    """Inside the block, a level that ends at chance is marked and warned about but does not stop
+    the run (``--allow-diverged``; the figures, whose sweeps reach collapse on purpose)."""
+    token = _allow_diverged.set(allow)
+    try:
+        yield
+    finally:
+        _allow_diverged.reset(token)
+
+
+def diverged_reason(results: dict, records: Sequence[dict], data: Dataset) -> Optional[str]:
+    """Why a level learned nothing, or None: a training loss (the logged means between evaluations)
+    that never fell below a uniform prediction's, ln(classes) nats; or test and training accuracy
+    both within 1 point of chance (the most frequent class's share of the test set). Test accuracy
+    alone is not enough: on a small test set a network that learned something can sit at chance."""
+    labels = getattr(data.test, "y", None)
+    chance = (float(torch.bincount(labels.cpu()).max()) / len(labels) if labels is not None and len(labels)
+              else 1 / data.num_classes)
+    uniform = math.log(data.num_classes)
+    losses = [r["train_loss"] for r in records if r.get("train_loss") is not None]
+    if losses and not min(losses) < uniform:
+        return f"training loss never below {uniform:.3f} nats, a uniform prediction's"
+    test, train = results.get("test_accuracy"), results.get("train_accuracy")
+    if test is not None and train is not None and max(test, train) <= chance + 0.01:
+        return (f"test accuracy {100 * test:.1f} % and training accuracy {100 * train:.1f} % against chance "
+                f"{100 * chance:.1f} %")
+    return None
+
+
+def nonzero_density(checkpoint: dict) -> Optional[float]:
+    """Fraction of a checkpoint's prunable weights (its mask's) that are non-zero: what the network
+    uses at inference. Equals the mask's density when pruned weights are zero; RISE's frozen
+    weights make it higher. None for a checkpoint without a mask."""
+    mask = checkpoint.get("mask")
+    if mask is None:
+        return None
+    state = checkpoint["state_dict"]
+    nonzero = sum(int((state[name] != 0).sum()) for name in mask)
+    return nonzero / sum(state[name].numel() for name in mask)
 
 
 @dataclass
@@ -395,13 +442,16 @@ class Run:
         return (self.level_dir(level) / "final.pt").exists()
 
     def mask_for(self, level: int, make: Callable[[], Mask]) -> Mask:
-        """The level's mask: read from ``level_L/mask.pt``, or made by ``make`` and saved there."""
+        """The level's mask: read from ``level_L/mask.pt``, or made by ``make`` and saved there (with a
+        warning on stderr for each layer it disconnects or collapses)."""
         path = self.level_dir(level) / "mask.pt"
         if path.exists():
             mask = load_mask(path)
         else:
             mask = make()
             save_mask(mask, path)
+            for line in collapse_warnings(mask):
+                print(f"warning: level {level}: {line}", file=sys.stderr)
         return {k: v.to(self.device) for k, v in mask.items()}
 
     # --- training a level -------------------------------------------------------------------
@@ -420,6 +470,10 @@ class Run:
         if mask is not None:
             check_mask(mask, model)
         hp = hp or self.config.training
+        for earlier in sorted({0, level - 1} - {-1, level}):  # a rerun must not build on a level at chance
+            reason = self._diverged(earlier)
+            if reason and self._stops_at(earlier):
+                raise RunStopped(self._stop_message(earlier, reason))
         end = self.total if end is None else end
         state = self.level_dir(level) / "state.pt"
         metrics = train(model, self.data, hp, start=start, end=end, mask=mask,
@@ -430,13 +484,34 @@ class Run:
         results["stopped_at"] = metrics["stopped_at"]
         cost = training_cost(model, self.data.input_shape, mask, start, metrics["stopped_at"], len(self.data.train),
                              hp.batch_size)
+        records = [r for r in self.log.read() if r.get("level") == level and r.get("iteration", 0) > start]
+        reason = diverged_reason(results, records, self.data)
         # with early stopping the weights are those of the best validation evaluation
         self.save(model, mask, metrics.get("iteration", end), level, "final",
                   {"results": results, "backprop_macs": cost, "start_iteration": start,
-                   "masked_weights": "zero" if frozen is None else "frozen", **(meta or {})})
+                   "masked_weights": "zero" if frozen is None else "frozen", **(meta or {}),
+                   **({"diverged": f"{reason} (lr {hp.lr:g})"} if reason else {})})
         if state.exists():
             os.unlink(state)
+        if reason:
+            print(f"warning: level {level} ended at chance: {reason} (lr {hp.lr:g})", file=sys.stderr)
+            if self._stops_at(level):
+                self.write_summary()
+                raise RunStopped(self._stop_message(level, f"{reason} (lr {hp.lr:g})"))
         return metrics
+
+    def _diverged(self, level: int) -> Optional[str]:
+        path = self.level_dir(level) / "final.pt"
+        return ckpt_io.read_checkpoint(path)["meta"].get("diverged") if path.exists() else None
+
+    def _stops_at(self, level: int) -> bool:
+        """Whether a level that ended at chance stops the run: when levels after it would build on it
+        (its mask or weights), unless ``allowing_diverged`` (``--allow-diverged``) is in force."""
+        return not _allow_diverged.get() and (self.levels is None or level + 1 < self.levels)
+
+    def _stop_message(self, level: int, reason: str) -> str:
+        return (f"level {level} of {self.dir.name} ended at chance ({reason}), so the levels after it would prune a "
+                f"network that learned nothing; lower --lr, or give --allow-diverged to go on anyway")
 
     # --- summary ----------------------------------------------------------------------------
 
@@ -452,8 +527,12 @@ class Run:
             macs = final["meta"].get("backprop_macs", {}).get("total")
             cumulative = (entries[-1]["cumulative_backprop_macs"] if entries else 0.0) + (macs or 0.0)
             entries.append({
-                "level": level, "density": final["meta"]["density"], "weights_kept": kept,
-                "weights_prunable": total, **final["meta"].get("results", {}),
+                "level": level, "density": final["meta"]["density"],
+                "density_trained": final["meta"]["density"], "density_nonzero": nonzero_density(final),
+                "weights_kept": kept, "weights_prunable": total,
+                **({"diverged": final["meta"]["diverged"]} if final["meta"].get("diverged") else {}),
+                "layers": layer_counts(final["mask"]) if final["mask"] is not None else {},
+                **final["meta"].get("results", {}),
                 "backprop_macs": macs, "cumulative_backprop_macs": cumulative,
                 "checkpoints": {k: rel(k) for k in kinds if (self.level_dir(level) / f"{k}.pt").exists()},
             })
@@ -468,7 +547,8 @@ class Run:
         ckpt_io.atomic_write_text(self.dir / "summary.json", dumps(
             {"run": self.hash, "algorithm": self.algorithm, "folder": str(self.dir),
              "execution": dataclasses.asdict(self.config.execution), "levels": entries}))
-        columns = ["level", "density", "weights_kept", "weights_prunable", "test_accuracy", "test_loss",
+        columns = ["level", "density", "density_trained", "density_nonzero", "weights_kept", "weights_prunable",
+                   "diverged", "test_accuracy", "test_loss",
                    "val_accuracy", "val_loss", "train_accuracy", "train_loss", "backprop_macs",
                    "cumulative_backprop_macs"] + [f"{kind}_path" for kind in CSV_CHECKPOINTS] + ["step_paths"]
         buffer = io.StringIO()
@@ -486,10 +566,18 @@ class Run:
 
     def print_summary(self, entries: list[dict]) -> None:
         has_val = any("val_accuracy" in e for e in entries)
-        head = f"{'level':>5}  {'density':>8}  {'test acc':>8}" + (f"  {'val acc':>8}" if has_val else "")
-        print(head + f"  {'backprop MACs (cumulative)':>26}")
+        # RISE: the trained fraction is not what the network uses at inference; show both
+        both = any(e.get("density_nonzero") is not None and abs(e["density_nonzero"] - e["density"]) > 1e-6
+                   for e in entries)
+        head = f"{'level':>5}  {'density':>8}" + (f"  {'non-zero':>8}" if both else "") + f"  {'test acc':>8}"
+        print(head + (f"  {'val acc':>8}" if has_val else "") + f"  {'backprop MACs (cumulative)':>26}")
+        if both:
+            print("(density: the fraction of weights trained; non-zero: the fraction the network uses at inference)")
         for e in entries:
-            line = f"{e['level']:>5}  {100 * e['density']:>7.2f}%  {100 * e['test_accuracy']:>7.2f}%"
+            line = f"{e['level']:>5}  {100 * e['density']:>7.2f}%"
+            if both:
+                line += f"  {100 * (e.get('density_nonzero') or e['density']):>7.2f}%"
+            line += f"  {100 * e['test_accuracy']:>7.2f}%"
             if has_val:
                 line += f"  {100 * e.get('val_accuracy', float('nan')):>7.2f}%"
             print(line + f"  {e['cumulative_backprop_macs']:>26.3e}")

@@ -47,6 +47,26 @@ def count(mask: Mask) -> tuple[int, int]:
     return kept, sum(m.numel() for m in mask.values())
 
 
+def layer_counts(mask: Mask) -> dict[str, dict[str, int]]:
+    """Per masked layer: ``kept`` weights, ``weights`` in all and ``outputs`` (output units:
+    the weight's first dimension)."""
+    return {name: {"kept": int(m.sum()), "weights": m.numel(), "outputs": int(m.shape[0])} for name, m in mask.items()}
+
+
+def collapse_warnings(mask: Mask) -> list[str]:
+    """One line per layer that keeps no weight (the network is disconnected) or fewer weights than
+    it has output units (layer collapse, Tanaka et al. 2020, "Pruning neural networks without any
+    data by iteratively conserving synaptic flow"); empty when none does."""
+    lines = []
+    for name, c in layer_counts(mask).items():
+        if c["kept"] == 0:
+            lines.append(f"{name} keeps no weight of {c['weights']}: the network is disconnected")
+        elif c["kept"] < c["outputs"]:
+            lines.append(f"{name} keeps {c['kept']} of {c['weights']} weights, fewer than its {c['outputs']} output "
+                         f"units (layer collapse, Tanaka et al. 2020)")
+    return lines
+
+
 def density(mask: Mask) -> float:
     """Fraction of the prunable weights that are kept, in [0, 1]."""
     kept, total = count(mask)
