@@ -101,3 +101,31 @@ def test_gallery_thumbnails_in_the_readme_exist():
     assert images, "the Figures section shows the gallery's thumbnails"
     for image in images:
         assert (root / image).is_file(), image
+
+
+def test_the_cs_defaults_the_readme_states_are_the_codes():
+    """The CS section quotes its defaults in the sentence that reports the default run's numbers;
+    they must be the ones `python -m training cs` runs with."""
+    from training.algorithms.continuous_sparsification import DEFAULT_ADAM_MASK_LR, CSHparams
+
+    match = re.search(r"\(`python -m training cs`: [^)]*?lambda (\S+),\s+s_0 (\S+), beta_T (\S+), Adam (\S+) on s",
+                      README)
+    assert match, "the CS section states the defaults of its measured run"
+    stated = [float(v) for v in match.groups()]
+    hp = CSHparams()
+    assert stated == [hp.penalty, hp.mask_init, hp.beta_final, DEFAULT_ADAM_MASK_LR]
+    mask_lr = re.search(r"\(`--mask-lr`, default ([\d.e-]+)\)", README)
+    assert mask_lr and float(mask_lr.group(1)) == DEFAULT_ADAM_MASK_LR
+
+
+def test_every_execution_setting_is_in_the_readmes_identity_table():
+    """The table of what names a run folder lists every execution setting (the flags that can
+    change a run's numbers), so a new one cannot be left undocumented."""
+    import dataclasses
+
+    from training.hparams import ExecutionHparams
+
+    table = README.split("### What names a run folder", 1)[-1].split("\n\n")[2]
+    assert table.startswith("| setting |")
+    for f in dataclasses.fields(ExecutionHparams):
+        assert f"`--{f.name.replace('_', '-')}" in table, f.name

@@ -82,7 +82,7 @@ from training.sparsity.masks import SigmoidMask, parametrize_weights
 SAVARESE = 'Savarese et al., "Winning the lottery with continuous sparsification"'
 SECTIONS = ("dataset", "model", "training")
 # The paper's Conv-6 runs move each score by at most 3e-4 x ~33,000 Adam steps per round (about 10);
-# the MNIST-1D default has 1,170 steps per round, so its rate is 5e-3 (at most about 6).
+# the MNIST-1D default has 960 steps per round (32 per epoch x 30), so its rate is 5e-3 (at most about 5).
 DEFAULT_ADAM_MASK_LR = 5e-3
 
 
@@ -101,7 +101,7 @@ class CSHparams:
                                 "finds (paper: -0.03 to 0.03)")
     beta_initial: float = _f(1.0, "beta_0: temperature at the start of every round")
     beta_final: float = _f(1000.0, "beta_T: temperature at the end of every round (paper: 100 Conv-6, 200 ResNet-18; "
-                                   "1000 here, so that the soft mask ends binary after the MNIST-1D default's 1,170 "
+                                   "1000 here, so that the soft mask ends binary after the MNIST-1D default's 960 "
                                    "steps per round)")
     beta_schedule: str = _f("iteration", "grow beta once per iteration (the paper's beta_T^(t/T)) or once per epoch "
                                          "(the authors' code)", ["iteration", "epoch"])
