@@ -53,12 +53,19 @@ def run_name(path, ckpt: dict) -> str:
 
 def checkpoint_label(path, ckpt: dict) -> str:
     """A readable legend label for a checkpoint: ``ALGORITHM-HASH6 L<level> <kind> <density>%``
-    (e.g. ``imp-3fa2c1 L4 final 41.0%``), falling back to the file name for foreign files."""
+    (e.g. ``imp-3fa2c1 L4 final 41.0%``), falling back to the file name for foreign files. Where the
+    weights outside the mask are frozen, not zero (RISE), both densities: ``10.0% trained, 100.0%
+    non-zero``."""
     meta = ckpt.get("meta") or {}
     if "run_hash" not in meta:
         return Path(path).name
-    return (f"{run_name(path, ckpt)} L{meta.get('level', '?')} {meta.get('kind', Path(path).stem)} "
-            f"{100 * checkpoint_density(ckpt):.1f}%")
+    label = (f"{run_name(path, ckpt)} L{meta.get('level', '?')} {meta.get('kind', Path(path).stem)} "
+             f"{100 * checkpoint_density(ckpt):.1f}%")
+    if meta.get("masked_weights") == "frozen" and ckpt.get("mask") is not None:
+        from training.engine.runs import nonzero_density
+
+        label += f" trained, {100 * nonzero_density(ckpt):.1f}% non-zero"
+    return label
 
 
 def unique_labels(labels: list[str]) -> list[str]:

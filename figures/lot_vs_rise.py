@@ -42,13 +42,18 @@ def settings(ctx: Context) -> dict:
 def _point(run: Path) -> dict:
     """A one-shot run's ticket (level 1): accuracy, rewind iteration and its costs in MACs."""
     from training.engine.checkpoint import read_checkpoint
+    from training.engine.runs import nonzero_density
 
     dense, ticket = levels(run)[:2]
     rewind = read_checkpoint(run / ticket["checkpoints"]["rewind"])["step"]["iteration"]
+    nonzero = ticket.get("density_nonzero")  # summaries written before it existed: from the checkpoint
+    if nonzero is None:
+        nonzero = nonzero_density(read_checkpoint(run / ticket["checkpoints"]["final"]))
     # warm-up: the first k of the dense run's iterations; exact for whole epochs (every k and T here)
     warmup = dense["backprop_macs"] * rewind / dense["stopped_at"]
     return dict(test_accuracy=ticket["test_accuracy"], train_accuracy=ticket["train_accuracy"],
-                density=ticket["density"], rewind_iteration=rewind, warmup_macs=warmup,
+                density=ticket["density"], density_trained=ticket["density"], density_nonzero=nonzero,
+                rewind_iteration=rewind, warmup_macs=warmup,
                 ticket_macs=ticket["backprop_macs"], backprop_macs=warmup + ticket["backprop_macs"],
                 cumulative_backprop_macs=ticket["cumulative_backprop_macs"],
                 dense_accuracy=dense["test_accuracy"], dense_macs=dense["backprop_macs"])
@@ -70,6 +75,10 @@ def make(ctx: Context) -> Result:
                          density=1.0, backprop_macs=first["dense_macs"], cumulative_backprop_macs=first["dense_macs"],
                          dense_accuracy=first["dense_accuracy"], dense_macs=first["dense_macs"], folder=first["folder"]))
 
+    def nonzero_range(method: str) -> str:
+        values = [100 * r["density_nonzero"] for r in rows if r["method"] == method]
+        return f"{min(values):.1f} to {max(values):.1f} % of the weights non-zero"
+
     def stat(method: str, keep: int, rewind: str, field: str = "test_accuracy") -> tuple[float, float]:
         return mean_sd([r[field] for r in rows if (r["method"], r["keep_percent"], r["rewind"]) == (method, keep, rewind)])
 
@@ -88,7 +97,7 @@ def make(ctx: Context) -> Result:
                 ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * d for d in sds],
                             marker=MARKERS[i % len(MARKERS)], linestyle="-" if method == "rise" else "--",
                             linewidth=0.8, color=COLORS[method], markerfacecolor="none" if method == "lot" else None,
-                            label=f"{labels[method]}-{keep} (R = {keep} %)")
+                            label=f"{labels[method]}-{keep} (R = {keep} % trained)")
         ax.plot([dense_macs], [100 * dense_acc], marker="*", markersize=10, linestyle="none", color=COLORS["dense"],
                 label="dense training (full model)")
         dense_line(ax, 100 * dense_acc, f"dense network ({pct(dense_acc, dense_sd)})")
@@ -156,7 +165,9 @@ def make(ctx: Context) -> Result:
               f"counts it. Verdict rule, on the means over seeds: holds if the best 1-LOT over k is more than {100 * FAR_BELOW:.0f} points "
               f"below dense at R = 10 % and at the lowest R, and there RISE beats 1-LOT at every k and gains from the "
               f"first to the last k; partly if only the lowest R is far below with RISE ahead at every k. Scale "
-              f"{ctx.scale}."
+              f"{ctx.scale}. R is the share of the weights that are trained (`density_trained` in the CSV); at "
+              f"inference 1-LOT's network uses only those, while RISE's uses every weight, the others frozen at W^k "
+              f"(`density_nonzero`: {nonzero_range('lot')} for 1-LOT, {nonzero_range('rise')} for RISE)."
               + (" The MNIST-1D MLP is the cheapest model where the gap shows at this scale (measured: one-shot LOT "
                  "22 % against RISE 46 % at R = 2 %), R = 10 % is the paper's value, and R = 5 and 2 % are where "
                  "the gap opens at this scale; k = 0, 2 and 4 of 30 epochs, evenly spaced, cover about the paper's first "

@@ -166,3 +166,20 @@ def test_help_names_papers_by_author_and_title():
     assert "seed 0" not in text and "Tartaglione 2022" in text and "The rise of the lottery heroes" in text
     source = Path(hessian.__file__).read_text()
     assert "seed 00" not in source
+
+
+def test_a_rise_checkpoint_is_labelled_with_both_densities(data_dir, tmp_path):
+    """RISE trains R of the weights but uses all of them at inference: plots say both."""
+    from analysis.figure_io import checkpoint_label
+    from tests.conftest import tiny_config
+    from training.algorithms.rise import run_rise
+    from training.engine.checkpoint import read_checkpoint
+
+    config = tiny_config(train_for="1ep")
+    config.pruning.fraction = 0.9
+    run = run_rise(config, out=tmp_path, progress=False)
+    final = run.dir / "level_1" / "final.pt"
+    label = checkpoint_label(final, read_checkpoint(final))
+    assert label.endswith("10.0% trained, 100.0% non-zero"), label
+    summary = json.loads((run.dir / "summary.json").read_text())["levels"][1]
+    assert summary["density_trained"] == pytest.approx(0.1, abs=0.01) and summary["density_nonzero"] > 0.99
