@@ -203,3 +203,18 @@ def test_dense_checkpoint_without_a_rule_and_bad_paths(runs, capsys, tmp_path):
     ]:
         status, err = run_cli(["compress", *argv, "--out", str(tmp_path / "out")], capsys)
         assert status == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_the_bit_exact_check_raises_on_a_difference_even_under_python_O():
+    """A real check, not an assert: one flipped bit in a decoded tensor is an error naming it."""
+    from training.compression.pipeline import CompressionBug, check_bit_exact
+
+    state = {"w": torch.tensor([0.5, -0.25, 0.0])}
+    mask = {"w": torch.tensor([True, True, False])}
+    assert check_bit_exact(state, mask, {"w": state["w"].clone()}, {"w": mask["w"].clone()}) is True
+    flipped = state["w"].clone().view(torch.int32)
+    flipped[0] ^= 1  # the last mantissa bit
+    with pytest.raises(CompressionBug, match="w decoded"):
+        check_bit_exact(state, mask, {"w": flipped.view(torch.float32)}, mask)
+    with pytest.raises(CompressionBug, match="mask"):
+        check_bit_exact(state, mask, state, {"w": torch.tensor([True, False, False])})

@@ -311,3 +311,19 @@ def test_a_failing_backend_warns_and_the_others_go_on(tmp_path, capsys):
     assert err.count("warning: --log tensorboard stopped") == 1 and "disk full" in err
     assert kept.steps == [0, 10, 20]
     assert json.loads((tmp_path / "loggers.json").read_text())["mlflow"]["step"] == 20
+
+
+def test_tensorboard_does_not_resend_a_run_reached_through_another_spelling_of_out(tmp_path, monkeypatch):
+    """--out runs then --out /abs/runs name the same folder: the second start logs only the new level."""
+    pytest.importorskip("tensorboard")
+    from training.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([*CLI, "--out", "tb", "--log", "tensorboard"]) == 0
+    more = [*CLI, "--out", str(tmp_path / "tb"), "--log", "tensorboard"]
+    more[more.index("--levels") + 1] = "2"
+    assert main(more) == 0
+    (run_dir,) = (tmp_path / "tb").glob("imp-*")
+    points, _ = tensorboard_points(run_dir)
+    steps = [s for s, _ in points["test_accuracy"]]
+    assert steps == sorted(set(steps)), steps  # each step once, level 0 not sent twice

@@ -230,8 +230,8 @@ def _flags(parser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the control's randomness (default: run seed + 1)")
     parser.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    add_threads_flag(parser, help="CPU threads for torch (default: the run's own); another count than the run's "
-                     "is another branch, since it changes the results")
+    add_threads_flag(parser, help="CPU threads for torch (default: the run's own); on the CPU another count than the "
+                     "run's is another branch, since it changes the results")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
 
 

@@ -428,7 +428,9 @@ def start(run: "Run", settings: Optional[LogSettings] = None) -> Optional[Mirror
               **run.config.to_dict()}
     params = flatten(config)
     mlflow_uri = settings.mlflow_uri or (Path(run.root).resolve() / "mlruns").as_uri()
-    where = {"tensorboard": str(run.dir), "wandb": settings.project, "mlflow": f"{mlflow_uri} {settings.project}"}
+    # TensorBoard's event files live in the run folder itself: the same place however --out is spelt,
+    # and after the folder moves (a path here would make a resume send everything again)
+    where = {"tensorboard": "run folder", "wandb": settings.project, "mlflow": f"{mlflow_uri} {settings.project}"}
     state, backends = dict(saved), {}
     try:
         for name in settings.backends:

@@ -54,16 +54,18 @@ def layer_counts(mask: Mask) -> dict[str, dict[str, int]]:
 
 
 def collapse_warnings(mask: Mask) -> list[str]:
-    """One line per layer that keeps no weight (the network is disconnected) or fewer weights than
-    it has output units (layer collapse, Tanaka et al. 2020, "Pruning neural networks without any
-    data by iteratively conserving synaptic flow"); empty when none does."""
+    """One line per layer that keeps no weight (the network is disconnected: layer collapse in the
+    sense of Tanaka et al. 2020, "Pruning neural networks without any data by iteratively conserving
+    synaptic flow") or fewer weights than it has output units (some units then get no input: the way
+    towards it); empty when none does."""
     lines = []
     for name, c in layer_counts(mask).items():
         if c["kept"] == 0:
-            lines.append(f"{name} keeps no weight of {c['weights']}: the network is disconnected")
+            lines.append(f"{name} keeps no weight of {c['weights']}: the network is disconnected (layer collapse, "
+                         f"Tanaka et al. 2020)")
         elif c["kept"] < c["outputs"]:
             lines.append(f"{name} keeps {c['kept']} of {c['weights']} weights, fewer than its {c['outputs']} output "
-                         f"units (layer collapse, Tanaka et al. 2020)")
+                         f"units: some units get no input (on the way to layer collapse, Tanaka et al. 2020)")
     return lines
 
 
