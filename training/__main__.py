@@ -41,6 +41,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; return the exit status
     (0, 2 for bad input with one ``error:`` line on stderr, 130 after Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from training.engine import distributed
+
+    distributed.quiet_other_ranks()  # under torchrun, rank 0 prints for the run
     own = next((c for c in commands.registry() if c.main is not None and argv[:1] == [c.name]), None)
     if own is not None:
         return own.main(argv[1:])

@@ -348,16 +348,20 @@ def load_dataset(hp: DatasetHparams, root: Optional[str | os.PathLike] = None) -
 # Batching and augmentation on the device
 
 
-def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4,
+                     part: Optional[tuple[int, slice]] = None) -> torch.Tensor:
     """Pad by ``pad`` zeros, crop back at a random offset and flip half the images horizontally.
 
     ``x`` is (N, C, H, W) on any device; the random numbers come from the CPU generator ``gen``
-    so CPU and GPU runs see the same crops.
+    so CPU and GPU runs see the same crops. ``part = (B, piece)``: ``x`` is the slice ``piece`` of
+    a batch of B images (one rank's, under torchrun); the numbers of all B are drawn and those of
+    ``piece`` used, so each image gets the crop and flip it gets in the whole batch.
     """
     n, c, h, w = x.shape
+    drawn, piece = part if part is not None else (n, slice(None))
     padded = F.pad(x, (pad, pad, pad, pad))
-    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=gen).to(x.device)
-    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    offsets = torch.randint(0, 2 * pad + 1, (2, drawn), generator=gen)[:, piece].to(x.device)
+    flip = (torch.rand(drawn, generator=gen) < 0.5)[piece].to(x.device)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)[None, :]
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)[None, :]
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -367,23 +371,43 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> tor
 
 
 class TrainBatches:
-    """Shuffled mini-batches of a split: epoch ``e``'s order depends only on (seed, e)."""
+    """Shuffled mini-batches of a split: epoch ``e``'s order depends only on (seed, e).
 
-    def __init__(self, split: Split, batch_size: int, seed: int, augment: bool):
+    With ``world_size`` > 1 (torchrun), each batch is rank ``rank``'s contiguous slice of the
+    single-process run's batch (``training.imagenet.rank_slice``; possibly empty for a final batch
+    shorter than ``world_size``), augmented as in the single-process run; ``batch_length(i)`` is
+    the length of the whole global batch ``i`` of an epoch."""
+
+    def __init__(self, split: Split, batch_size: int, seed: int, augment: bool, rank: int = 0,
+                 world_size: int = 1):
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.split, self.batch_size, self.seed, self.augment = split, batch_size, seed, augment
+        self.rank, self.world_size = rank, world_size
         self.iterations_per_epoch = -(-len(split) // batch_size)
 
+    def batch_length(self, i: int) -> int:
+        """The number of examples in global batch ``i`` of an epoch (all ranks' slices together)."""
+        return min(self.batch_size, len(self.split) - i * self.batch_size)
+
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield epoch ``epoch``'s batches, starting after the first ``skip`` of them."""
+        """Yield epoch ``epoch``'s batches (this rank's slices), starting after the first ``skip``."""
         order = torch.randperm(len(self.split), generator=generator(self.seed, "order", epoch))
         order = order.to(self.split.x.device)
         aug = generator(self.seed, "augment", epoch) if self.augment else None
         for i in range(self.iterations_per_epoch):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            part = None
+            if self.world_size > 1:
+                from training.imagenet import rank_slice
+
+                piece = rank_slice(len(idx), self.rank, self.world_size)
+                idx, part = idx[piece], (len(idx), piece)
             if aug is not None:
-                x = random_crop_flip(self.split.x[idx], aug)  # drawn even when skipped, to stay in step
+                # drawn even when skipped, to stay in step
+                x = random_crop_flip(self.split.x[idx], aug, part=part)
             else:
                 x = None
             if i < skip:
@@ -392,12 +416,14 @@ class TrainBatches:
 
 
 def train_batches(split: "Split | ImageFolderSplit", batch_size: int, seed: int,
-                  augment: bool) -> "TrainBatches | ImageFolderTrainBatches":
-    """The training batches of ``split``: ``TrainBatches`` for tensors; a split streamed from disk
-    (``training.imagenet.ImageFolderSplit``) brings its own, with the same ``iterations_per_epoch``
-    and ``epoch(e, skip)``."""
+                  augment: bool, rank: int = 0, world_size: int = 1) -> "TrainBatches | ImageFolderTrainBatches":
+    """The training batches of ``split`` (rank ``rank``'s slice of each when ``world_size`` > 1):
+    ``TrainBatches`` for tensors; a split streamed from disk (``training.imagenet.ImageFolderSplit``)
+    brings its own, with the same ``iterations_per_epoch`` and ``epoch(e, skip)``."""
     if isinstance(split, Split):
-        return TrainBatches(split, batch_size, seed, augment)
+        return TrainBatches(split, batch_size, seed, augment, rank, world_size)
+    if world_size > 1:
+        return split.train_batches(batch_size, seed, augment, rank, world_size)
     return split.train_batches(batch_size, seed, augment)
 
 

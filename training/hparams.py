@@ -121,6 +121,10 @@ class ExecutionHparams:
     ``--compile``       off          when on (fused kernels round differently)
     ``--deterministic`` off          when on (other kernels on a GPU; on the CPU, where every
                                      kernel is already deterministic, it changes nothing)
+    world size          1            when more than 1 (``torchrun --nproc_per_node N``, times the
+                                     nodes): the gradients and batch-norm statistics are summed
+                                     over the ranks in another order, so the weights agree with
+                                     the single-process run's to float tolerance, not bit for bit
     ``--out``, ``--data-dir``, ``--no-progress``, logging backends: never (where and how a run
     is shown, not what it computes)
     ==================  ===========  ==========================================================
@@ -136,6 +140,7 @@ class ExecutionHparams:
     channels_last: bool = False
     compile: bool = False
     deterministic: bool = False
+    world_size: int = 1  # processes training the run together (torchrun; ``training.engine.distributed``)
 
     def identity(self) -> str:
         """``execution(name=value,...)`` of the settings above that are part of the identity and

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from training.algorithms.imp import train_level_zero, train_ticket
+from training.engine import distributed
 from training.engine import checkpoint as ckpt_io
 from training.engine.cost import training_cost
 from training.engine.extensions import Extension
@@ -302,7 +303,7 @@ def search_round(run: Run, r: int, search: MaskSearch, hp: TrainingHparams, name
                          "mask": {n: m.cpu() for n, m in ticket.items()}, "weights": raw, "info": info},
                         run.level_dir(r) / "scores.pt")
     state = run.level_dir(r) / "search_state.pt"
-    if state.exists():
+    if distributed.is_main() and state.exists():  # under torchrun rank 0 alone writes and removes files
         state.unlink()
 
 

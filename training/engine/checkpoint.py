@@ -53,7 +53,14 @@ _UMASK = _read_umask()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Under torchrun only rank 0 writes (``training.engine.distributed``): on the other ranks this
+    does nothing, so every writer of a run's files writes them once."""
+    from training.engine import distributed
+
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from training.engine import distributed
 from training.engine.checkpoint import atomic_save, safe_load
 from training.data import Dataset, Split, eval_batches, train_batches
 from training.errors import UserError
@@ -298,6 +299,36 @@ class BestValidation:
                                                              state["weights"])
 
 
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel, which averages the gradients over the ranks.
+    Buffers are not broadcast at each step: with batch norm over the global batch
+    (``distributed.global_batch_norm``) they are the same on every rank."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # torch >= 2.13 names the switch forward_sync_buffers (and warns about broadcast_buffers)
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   **({"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}))
+
+
+def _unmanaged(optimizers: "Optimizers", model: nn.Module) -> list[torch.Tensor]:
+    """The parameters ``optimizers`` step that are not ``model``'s (an extension's own), whose
+    gradients DistributedDataParallel does not average."""
+    own = {id(p) for p in model.parameters()}
+    return [p for opt in optimizers.all for g in opt.param_groups for p in g["params"] if id(p) not in own]
+
+
+def _average_gradients(params: Sequence[torch.Tensor], world: int) -> None:
+    """Average the gradients of ``params`` over the ranks (a missing gradient counts as zero)."""
+    for p in params:
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad.copy_(distributed.all_sum(p.grad) / world)
+
+
 def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 0, end: Optional[int] = None,
           mask: Optional[Mask] = None, log: Optional[MetricsLog] = None, level: int = 0,
           save_points: Iterable[int] = (), on_save: Optional[Callable[[int], None]] = None,
@@ -328,9 +359,17 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     No step waits for the device: metrics stay on it until an evaluation logs them (and at each
     epoch's resume point). fp16's gradient scaler is the exception: it reads back whether the
     gradients overflowed, once per step.
+
+    Under torchrun (``training.engine.distributed``) the model trains wrapped in
+    DistributedDataParallel on this rank's slice of every global batch, batch norm over the global
+    batch; every rank checks first that all ranks start from the same weights under the same mask;
+    only rank 0 logs, shows progress and writes the resume state.
     """
     execution = execution or ExecutionHparams()
-    batches = train_batches(data.train, hp.batch_size, hp.seed, data.augment)
+    ddp = distributed.active()
+    world = distributed.world_size() if ddp else 1
+    batches = train_batches(data.train, hp.batch_size, hp.seed, data.augment,
+                            *((distributed.rank(), world) if ddp else ()))
     ipe = batches.iterations_per_epoch
     total, _, eval_every = check_lengths(hp, ipe)
     end = total if end is None else end
@@ -342,8 +381,15 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     device = next(model.parameters()).device
     if execution.channels_last:  # 4-D weights only: a model without 2-D convolutions is unchanged
         model.to(memory_format=torch.channels_last)
+    forward: nn.Module = model
+    if ddp:
+        distributed.check_same(mask, f"the mask of level {level}")
+        if frozen is not None:
+            distributed.check_same(frozen, f"the frozen weights of level {level}")
+        forward = _data_parallel(model, device)
+        others = _unmanaged(optimizers, model)  # extension parameters DDP does not average
     # the compiled module shares the model's parameters: the enforcer below writes into both
-    forward = torch.compile(model) if execution.compile else model
+    forward = torch.compile(forward) if execution.compile else forward
     scaler = torch.amp.GradScaler(device.type) if execution.precision == "fp16" else None
     enforce = MaskEnforcer(model, mask, frozen)
     enforce()
@@ -375,6 +421,11 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
         pending = [(l.to(device), c.to(device), int(n)) for l, c, n in state["pending"]]
         if best is not None and state.get("best"):
             best.restore(state["best"])
+        if ddp and not distributed.is_main():  # rank 0's share holds every rank's sums
+            pending = [(torch.zeros_like(l), torch.zeros_like(c), n) for l, c, n in pending]
+    if ddp:
+        distributed.check_same(model.state_dict(), f"the weights level {level} starts from (iteration {t})")
+    log = log if distributed.is_main() else None
     if log is not None:  # drop what a killed attempt logged past the point we restart from
         resumed, at = t > start, t
         log.keep_only(lambda r: r.get("level", 0) < level
@@ -382,13 +433,22 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
 
     clock = time.perf_counter()
 
-    def record(iteration: int) -> dict:
+    def global_pending() -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """``pending`` as a single process has it: (mean loss of the global batch, correct, examples);
+        under torchrun, one all-reduce of every rank's sums since the last evaluation."""
+        if not ddp or not pending:
+            return pending
+        sums = distributed.all_sum(torch.stack([torch.stack([p[0].double(), p[1].double()]) for p in pending]))
+        return [(s[0] / p[2], s[1].round().long(), p[2]) for s, p in zip(sums, pending)]
+
+    def record(iteration: int, done: Optional[list] = None) -> dict:
         row: dict = {"level": level, "iteration": iteration, "epoch": iteration / ipe, "lr": schedule(max(iteration - 1, 0))}
-        if pending:
-            losses = torch.stack([p[0] for p in pending])
+        done = global_pending() if done is None else done
+        if done:
+            losses = torch.stack([p[0] for p in done])
             row["train_loss"] = float(losses.double().mean())
-            correct = int(torch.stack([p[1] for p in pending]).sum())  # one read-back, not one per step
-            row["train_accuracy"] = float(correct) / sum(p[2] for p in pending)
+            correct = int(torch.stack([p[1] for p in done]).sum())  # one read-back, not one per step
+            row["train_accuracy"] = float(correct) / sum(p[2] for p in done)
         row["test_loss"], row["test_accuracy"] = evaluate(model, data.test, execution=execution)
         if data.val is not None:
             row["val_loss"], row["val_accuracy"] = evaluate(model, data.val, execution=execution)
@@ -397,10 +457,11 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
             log.write(row)
         return row
 
-    def check_finite(upto: int) -> None:
-        if not pending:
+    def check_finite(upto: int, done: Optional[list] = None) -> None:
+        done = global_pending() if done is None else done
+        if not done:
             return
-        losses = torch.stack([p[0] for p in pending])
+        losses = torch.stack([p[0] for p in done])
         bad = torch.nonzero(~torch.isfinite(losses)).flatten()
         if len(bad):
             at = upto - len(pending) + int(bad[0]) + 1
@@ -416,51 +477,66 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
     if t == start and t in save_points and on_save is not None:
         on_save(t)
     bar = tqdm(total=end - start, initial=t - start, desc=f"level {level}", unit="it",
-               disable=None if progress else True, leave=False, dynamic_ncols=True)  # None: no bar in log files
+               disable=None if progress and distributed.is_main() else True, leave=False, dynamic_ncols=True)  # None: no bar in log files
     model.train()
-    while t < end and not stop:
-        epoch = t // ipe
-        torch.manual_seed(derive_seed(hp.seed, "dropout", level, epoch))
-        for x, y in batches.epoch(epoch, skip=t - epoch * ipe):
-            for ext in extensions:
-                ext.before_step(t)
-            optimizers.set_lr(t)
-            with autocast(execution.precision, device.type):
-                out = forward(_to_memory_format(x, execution.channels_last))
-                loss = F.cross_entropy(out, y)  # what is logged as train_loss (fp32 under autocast too)
-            terms = [term for ext in extensions if (term := ext.loss()) is not None]
-            optimizers.zero_grad()
-            total_loss = loss + sum(terms) if terms else loss
-            (total_loss if scaler is None else scaler.scale(total_loss)).backward()
-            optimizers.step(scaler)
-            for ext in extensions:
-                ext.after_step(t)
-            enforce()
-            pending.append((loss.detach(), (out.argmax(1) == y).sum(), len(y)))
-            t += 1
-            bar.update(1)
-            if t in save_points and on_save is not None:
-                on_save(t)
-            if t % eval_every == 0 or t == end:
-                check_finite(t)
-                last = record(t)
-                pending = []
-                bar.set_postfix(test_acc=f"{last['test_accuracy']:.3f}")
-                if best is not None:
-                    best.update(model, last)
-            stop = out_of_patience()
-            if t == end or stop:
-                break
-        if t % ipe == 0 and t < end and not stop:
-            check_finite(t)
-            if state_path is not None:
-                atomic_save({"model": model.state_dict(), **optimizers.state_dict(), "iteration": t,
-                             **({"scaler": scaler.state_dict()} if scaler is not None else {}),
-                             "extensions": [ext.state_dict() for ext in extensions],
-                             "pending": [(l.cpu(), c.cpu(), n) for l, c, n in pending],
-                             "best": best.state() if best is not None else None}, state_path)
-            if on_epoch_end is not None:
-                on_epoch_end(t // ipe)
+    with distributed.global_batch_norm(model):  # under torchrun: the global batch's statistics
+        while t < end and not stop:
+            epoch = t // ipe
+            torch.manual_seed(derive_seed(hp.seed, "dropout", level, epoch))
+            for x, y in batches.epoch(epoch, skip=t - epoch * ipe):
+                for ext in extensions:
+                    ext.before_step(t)
+                optimizers.set_lr(t)
+                with autocast(execution.precision, device.type):
+                    out = forward(_to_memory_format(x, execution.channels_last))
+                    if ddp:  # this rank's share of the global batch's mean loss; DDP averages over ranks
+                        n_global = min(hp.batch_size, len(data.train) - (t % ipe) * hp.batch_size)
+                        loss_sum = F.cross_entropy(out, y, reduction="sum")
+                        loss = loss_sum * (world / n_global)
+                    else:
+                        loss = F.cross_entropy(out, y)  # what is logged as train_loss (fp32 under autocast too)
+                terms = [term for ext in extensions if (term := ext.loss()) is not None]
+                optimizers.zero_grad()
+                total_loss = loss + sum(terms) if terms else loss
+                (total_loss if scaler is None else scaler.scale(total_loss)).backward()
+                if ddp and others:
+                    _average_gradients(others, world)
+                optimizers.step(scaler)
+                for ext in extensions:
+                    ext.after_step(t)
+                enforce()
+                if ddp:  # sums of this rank's slice, with the global batch's length
+                    pending.append((loss_sum.detach(), (out.argmax(1) == y).sum(), n_global))
+                else:
+                    pending.append((loss.detach(), (out.argmax(1) == y).sum(), len(y)))
+                t += 1
+                bar.update(1)
+                if t in save_points and on_save is not None:
+                    on_save(t)
+                if t % eval_every == 0 or t == end:
+                    done = global_pending()
+                    check_finite(t, done)
+                    last = record(t, done)
+                    pending = []
+                    bar.set_postfix(test_acc=f"{last['test_accuracy']:.3f}")
+                    if best is not None:
+                        best.update(model, last)
+                stop = out_of_patience()
+                if t == end or stop:
+                    break
+            if t % ipe == 0 and t < end and not stop:
+                done = global_pending()
+                check_finite(t, done)
+                if state_path is not None and distributed.is_main():
+                    # under torchrun: every rank's sums, which rank 0 alone takes back on resuming
+                    kept = [(l * n, c, n) for l, c, n in done] if ddp else pending
+                    atomic_save({"model": model.state_dict(), **optimizers.state_dict(), "iteration": t,
+                                 **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+                                 "extensions": [ext.state_dict() for ext in extensions],
+                                 "pending": [(l.cpu(), c.cpu(), n) for l, c, n in kept],
+                                 "best": best.state() if best is not None else None}, state_path)
+                if on_epoch_end is not None:
+                    on_epoch_end(t // ipe)
     bar.close()
     if execution.channels_last:  # checkpoints and the code after training see contiguous weights
         model.to(memory_format=torch.contiguous_format)

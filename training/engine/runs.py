@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from training.engine import checkpoint as ckpt_io
+from training.engine import distributed
 from training.cli import writable_dir
 from training.engine.cost import training_cost
 from training.data import Dataset, load_dataset
@@ -61,7 +62,14 @@ CSV_CHECKPOINTS = ("mask", "init", "rewind", "final")  # summary.csv columns KIN
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
+    """``auto`` picks CUDA when available, else the CPU. Under torchrun (``WORLD_SIZE`` > 1) a
+    CUDA run trains on ``cuda:LOCAL_RANK``."""
+    if name in ("auto", "cpu", "cuda") or name.startswith("cuda:"):
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but this torch build sees no CUDA GPU; use --device cpu")
+        ranked = distributed.device(name)
+        if ranked is not None:
+            return ranked
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
@@ -72,7 +80,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def save_mask(mask: Mask, path: Path) -> None:
-    ckpt_io.atomic_save({"format": MASK_FORMAT, "mask": {k: v.cpu() for k, v in mask.items()}}, path)
+    """Write ``mask`` to ``path`` (under torchrun: rank 0, between barriers; every rank calls it)."""
+    with distributed.writing() as main:
+        if main:
+            ckpt_io.atomic_save({"format": MASK_FORMAT, "mask": {k: v.cpu() for k, v in mask.items()}}, path)
 
 
 def load_mask(path: Path) -> Mask:
@@ -290,16 +301,23 @@ class Run:
         check_model_name(self.config.model.model)
         self.root = writable_dir(self.root, self.out_flag)  # before anything slow
         # the device the run trains on is part of its execution settings (hence of its identity
-        # when not the CPU); a copy, so that the caller's configuration is left as it was
+        # when not the CPU), and so is the number of processes training it (torchrun); a copy,
+        # so that the caller's configuration is left as it was
         self.config = dataclasses.replace(
-            self.config, execution=dataclasses.replace(self.config.execution, device=self.device.type))
+            self.config, execution=dataclasses.replace(self.config.execution, device=self.device.type,
+                                                       world_size=distributed.world_size()))
+        distributed.setup(self.device)  # under torchrun: join the process group (once)
         check_execution(self.config.execution, self.device)
         self.hash = self.config.hash(self.algorithm, *self.extra_identity)
         # the thread count applies from here on: the data's normalisation sums depend on it too
         apply_execution(self.config.execution, self.device)
         self.dir = self.root / f"{self.algorithm}-{self.hash}"
         self._lock: Optional[FolderLock] = None
-        self.data = load_dataset(self.config.dataset, self.data_dir).to(self.device)
+        with distributed.writing() as main:  # rank 0 first: it may generate the dataset's cache file
+            if main:
+                self.data = load_dataset(self.config.dataset, self.data_dir).to(self.device)
+        if not distributed.is_main():
+            self.data = load_dataset(self.config.dataset, self.data_dir).to(self.device)
         hp = self.config.training
         self.iterations_per_epoch = -(-len(self.data.train) // max(1, hp.batch_size))
         rewind = self.config.pruning.rewind if self.config.pruning else "0"
@@ -314,6 +332,24 @@ class Run:
                 raise UserError(f"--save-at point {step} is after the end of training ({self.config.training.train_for}"
                                 f" = {self.total} it)")
         self.log = MetricsLog(self.dir / "metrics.jsonl")
+        failure: Optional[UserError] = None
+        with distributed.writing() as main:  # under torchrun, rank 0 alone holds and writes the folder
+            if main:
+                try:
+                    self._open_folder()
+                except UserError as exc:
+                    failure = exc
+        told = distributed.broadcast_object(None if failure is None else (str(failure), getattr(failure, "exit_code", 2)))
+        if failure is not None:
+            raise failure
+        if told is not None:  # rank 0 refused the folder: every rank stops with its message
+            error = UserError(told[0])
+            error.exit_code = told[1]
+            raise error
+
+    def _open_folder(self) -> None:
+        """Create the run folder, take its lock, write or check ``config.json`` and start the
+        ``--log`` mirrors (rank 0's work under torchrun)."""
         if self.dir.exists() and not self.dir.is_dir():
             raise UserError(f"run folder {self.dir} is a file; move it away or use another {self.out_flag}")
         try:
@@ -412,10 +448,12 @@ class Run:
         meta = {"run_hash": self.hash, "algorithm": self.algorithm, "level": level, "kind": kind,
                 "seed": self.config.training.seed, "config": self.config.to_dict(), "masked_weights": "zero",
                 **(extra or {})}
-        ckpt_io.atomic_save(ckpt_io.make_checkpoint(
-            model, model_name=self.config.model.model, num_classes=self.data.num_classes,
-            input_shape=self.data.input_shape, seed=model_seed, dataset=self.config.dataset,
-            mask=mask, iteration=iteration, iterations_per_epoch=self.iterations_per_epoch, meta=meta), path)
+        with distributed.writing() as main:  # under torchrun: rank 0 writes, every rank then sees it
+            if main:
+                ckpt_io.atomic_save(ckpt_io.make_checkpoint(
+                    model, model_name=self.config.model.model, num_classes=self.data.num_classes,
+                    input_shape=self.data.input_shape, seed=model_seed, dataset=self.config.dataset,
+                    mask=mask, iteration=iteration, iterations_per_epoch=self.iterations_per_epoch, meta=meta), path)
         return path
 
     def load_state(self, level: int, kind: str) -> dict:
@@ -445,13 +483,17 @@ class Run:
         """The level's mask: read from ``level_L/mask.pt``, or made by ``make`` and saved there (with a
         warning on stderr for each layer it disconnects or collapses)."""
         path = self.level_dir(level) / "mask.pt"
-        if path.exists():
+        if distributed.broadcast_object(path.exists()):  # rank 0's answer, under torchrun
             mask = load_mask(path)
         else:
+            # under torchrun every rank makes it (from the same files) and the checksums must agree
             mask = make()
+            distributed.check_same(mask, f"the mask made for level {level}")
             save_mask(mask, path)
-            for line in collapse_warnings(mask):
-                print(f"warning: level {level}: {line}", file=sys.stderr)
+            if distributed.is_main():
+                for line in collapse_warnings(mask):
+                    print(f"warning: level {level}: {line}", file=sys.stderr)
+        distributed.check_same(mask, f"the mask of level {level}")
         return {k: v.to(self.device) for k, v in mask.items()}
 
     # --- training a level -------------------------------------------------------------------
@@ -480,6 +522,7 @@ class Run:
                         log=self.log, level=level, save_points=save_points, on_save=on_save, state_path=state,
                         progress=self.progress, on_epoch_end=self.on_epoch_end, frozen=frozen,
                         extensions=extensions, execution=self.config.execution)
+        distributed.barrier()  # rank 0 has logged the level's last evaluation: every rank reads the log
         results = {k: v for k, v in metrics.items() if k.startswith(("test_", "val_", "train_"))}
         results["stopped_at"] = metrics["stopped_at"]
         cost = training_cost(model, self.data.input_shape, mask, start, metrics["stopped_at"], len(self.data.train),
@@ -491,10 +534,11 @@ class Run:
                   {"results": results, "backprop_macs": cost, "start_iteration": start,
                    "masked_weights": "zero" if frozen is None else "frozen", **(meta or {}),
                    **({"diverged": f"{reason} (lr {hp.lr:g})"} if reason else {})})
-        if state.exists():
+        if distributed.is_main() and state.exists():
             os.unlink(state)
         if reason:
-            print(f"warning: level {level} ended at chance: {reason} (lr {hp.lr:g})", file=sys.stderr)
+            if distributed.is_main():
+                print(f"warning: level {level} ended at chance: {reason} (lr {hp.lr:g})", file=sys.stderr)
             if self._stops_at(level):
                 self.write_summary()
                 raise RunStopped(self._stop_message(level, f"{reason} (lr {hp.lr:g})"))
@@ -544,6 +588,12 @@ class Run:
         relative to the run folder in ``mask_path`` ... ``final_path``, and ``step_paths``
         separated by ``;``); return the entries."""
         entries = self.summary()
+        with distributed.writing() as main:  # under torchrun: rank 0 writes (every rank calls this)
+            if main:
+                self._write_summary_files(entries)
+        return entries
+
+    def _write_summary_files(self, entries: list[dict]) -> None:
         ckpt_io.atomic_write_text(self.dir / "summary.json", dumps(
             {"run": self.hash, "algorithm": self.algorithm, "folder": str(self.dir),
              "execution": dataclasses.asdict(self.config.execution), "levels": entries}))
@@ -562,7 +612,6 @@ class Run:
         ckpt_io.atomic_write_text(self.dir / "summary.csv", buffer.getvalue())
         if self.log.mirror is not None:  # --log: each new level's numbers as summary/NAME
             self.log.mirror.levels(entries)
-        return entries
 
     def print_summary(self, entries: list[dict]) -> None:
         has_val = any("val_accuracy" in e for e in entries)
