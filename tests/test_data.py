@@ -192,3 +192,17 @@ def test_data_dir_from_the_environment_is_named_so(tmp_path, monkeypatch):
     monkeypatch.setenv("LTH_DATA_DIR", str(blocker))
     with pytest.raises(UserError, match=r"^\$LTH_DATA_DIR .* is a file"):
         load_dataset(DatasetHparams(mnist1d_samples=100))
+
+
+def test_the_normalisation_does_not_depend_on_the_thread_count(data_dir):
+    """A GPU run's identity leaves the CPU thread count out, so the data it trains on must not
+    depend on it (the per-channel mean and std are sums whose order the thread count changes)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = load_dataset(DatasetHparams(), data_dir)
+        torch.set_num_threads(4)
+        four = load_dataset(DatasetHparams(), data_dir)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one.train.x, four.train.x) and torch.equal(one.test.x, four.test.x)

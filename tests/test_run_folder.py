@@ -237,7 +237,7 @@ def test_summary_and_metrics_read_with_pandas(finished):
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
-def test_a_folder_made_before_the_package_layout_changed_resumes(data_dir, tmp_path):
+def test_a_folder_made_before_the_package_layout_changed_resumes(data_dir, tmp_path, capsys):
     """tests/fixtures/imp-41f017f4e4a2 was written by commit c18a863, before training/ moved into
     algorithms/, sparsity/ and engine/: `imp --model linear --train-for 2ep --levels 1`. The same
     command with --levels 2 today must find that folder (same hash), keep level 0 byte for byte, and
@@ -248,6 +248,7 @@ def test_a_folder_made_before_the_package_layout_changed_resumes(data_dir, tmp_p
     level0 = {p.name: p.read_bytes() for p in (old / "level_0").iterdir()}
     argv = ["imp", "--model", "linear", "--train-for", "2ep", "--levels", "2", "--no-progress"]
     assert main(argv + ["--out", str(tmp_path / "old")]) in (None, 0)
+    assert "was made before the CPU thread count was recorded" in capsys.readouterr().err  # it had torch's count
     assert {p.name: p.read_bytes() for p in (old / "level_0").iterdir()} == level0
     assert main(argv + ["--out", str(tmp_path / "new")]) in (None, 0)
     fresh = tmp_path / "new" / "imp-41f017f4e4a2"
@@ -296,3 +297,40 @@ def test_healthy_runs_are_not_marked_and_report_both_densities_and_layer_counts(
         assert "diverged" not in entry
         assert entry["density_trained"] == entry["density"] == pytest.approx(entry["density_nonzero"], abs=0.01)
         assert sum(c["kept"] for c in entry["layers"].values()) == entry["weights_kept"]
+
+
+def test_what_counts_as_a_level_at_chance():
+    """Both accuracies at chance, or a loss never below ln(C) with test accuracy near chance; a high
+    mean loss alone (one long evaluation interval) with a network that learned is not at chance."""
+    from types import SimpleNamespace
+
+    from training.engine.runs import diverged_reason
+
+    data = SimpleNamespace(test=SimpleNamespace(y=torch.arange(100) % 10), num_classes=10)
+    assert diverged_reason({"test_accuracy": 0.45, "train_accuracy": 0.5}, [{"train_loss": 2.4}], data) is None
+    assert diverged_reason({"test_accuracy": 0.12, "train_accuracy": 0.6}, [{"train_loss": 1.1}], data) is None
+    assert "uniform" in diverged_reason({"test_accuracy": 0.12, "train_accuracy": 0.6}, [{"train_loss": 2.4}], data)
+    assert "chance 10.0 %" in diverged_reason({"test_accuracy": 0.1, "train_accuracy": 0.105}, [], data)
+
+
+def test_a_cs_ticket_at_chance_stops_nothing_but_a_dead_dense_level_stops_the_rounds(data_dir, tmp_path, monkeypatch):
+    """CS tickets build on level 0's W^k, not on each other: a ticket at chance is marked, not a stop."""
+    import training.engine.runs as runs_module
+    from training.algorithms.continuous_sparsification import CSHparams, run_cs
+    from training.engine.runs import allowing_diverged
+    from training.errors import RunStopped
+
+    config = tiny_config(train_for="2ep")
+    config.pruning = None
+    cs = CSHparams(penalty=1e-3, mask_init=0.02, mask_lr=0.01)
+    monkeypatch.setattr(runs_module, "diverged_reason", lambda results, records, data: "forced" if records and
+                        records[-1]["level"] == 1 else None)
+    with allowing_diverged(False):
+        run = run_cs(config, cs, rounds=2, out=tmp_path / "a", progress=False)
+        assert run.level_done(2)
+        summary = json.loads((run.dir / "summary.json").read_text())
+        assert summary["levels"][1]["diverged"] and "diverged" not in summary["levels"][2]
+        monkeypatch.setattr(runs_module, "diverged_reason", lambda results, records, data: "forced" if records and
+                            records[-1]["level"] == 0 else None)
+        with pytest.raises(RunStopped):
+            run_cs(config, cs, rounds=2, out=tmp_path / "b", progress=False)

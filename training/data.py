@@ -331,7 +331,14 @@ def load_dataset(hp: DatasetHparams, root: Optional[str | os.PathLike] = None) -
         x, y = x[train_idx], y[train_idx]
 
     dims = [0] + list(range(2, x.dim()))
-    mean, std = x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    # at one thread: the sums' order, hence the statistics' last bits, would depend on the thread
+    # count, which is not part of a GPU run's identity
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mean, std = x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    finally:
+        torch.set_num_threads(threads)
 
     def norm(split: Split) -> Split:
         return Split(((split.x - mean) / std).contiguous(), split.y)

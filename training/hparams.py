@@ -129,8 +129,10 @@ class ExecutionHparams:
     is shown, not what it computes)
     ==================  ===========  ==========================================================
 
-    A default run's identity is what it was before these settings existed, so old run folders
-    keep their names and resume. Same seed, same settings and the same machine give
+    A default CPU run's identity is what it was before these settings existed, so old CPU run
+    folders keep their names and resume (at ``threads``; they were made at torch's default count,
+    and ``Run`` warns). A GPU run's identity now holds ``device``, so a GPU folder made before has
+    another name. A run sets torch's thread count for the rest of its process. Same seed, same settings and the same machine give
     bit-identical weights on the CPU (tests/test_identity.py); on a GPU see ``--deterministic``.
     """
 

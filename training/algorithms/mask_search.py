@@ -234,8 +234,9 @@ def run_mask_search(config: Config, search: MaskSearch, rounds: int, *, out: str
         masked_names(model, hp)
         check_rewind(config, hp, data_dir)
 
+    # every round's ticket starts from level 0's W^k and the search, never from the previous ticket
     run = Run(config, search.name, Path(out), resolve_device(device), data_dir, progress, (hp.canonical(),),
-              on_epoch_end, validate=validate)
+              on_epoch_end, validate=validate, levels=rounds + 1, builds_on=lambda level: {0} - {level})
     k = Step.parse(hp.rewind, "-k/--rewind").iterations(run.iterations_per_epoch)
     record_hparams(run, search.name, hp)
     names = masked_names(run.new_model(), hp)

@@ -244,21 +244,25 @@ def allowing_diverged(allow: bool = True):
 
 
 def diverged_reason(results: dict, records: Sequence[dict], data: Dataset) -> Optional[str]:
-    """Why a level learned nothing, or None: a training loss (the logged means between evaluations)
-    that never fell below a uniform prediction's, ln(classes) nats; or test and training accuracy
-    both within 1 point of chance (the most frequent class's share of the test set). Test accuracy
-    alone is not enough: on a small test set a network that learned something can sit at chance."""
+    """Why a level learned nothing, or None. Chance is the most frequent class's share of the test
+    set. A level learned nothing when its test and training accuracy both end within 1 point of
+    chance, or when its training loss (the logged means between evaluations) never fell below a
+    uniform prediction's, ln(classes) nats, and its test accuracy ends within 5 points of chance
+    (the loss alone is not enough: over one long evaluation interval its mean can stay high while
+    the network learns; and test accuracy alone is not: on a small test set a network that learned
+    something can sit at chance)."""
     labels = getattr(data.test, "y", None)
     chance = (float(torch.bincount(labels.cpu()).max()) / len(labels) if labels is not None and len(labels)
               else 1 / data.num_classes)
     uniform = math.log(data.num_classes)
     losses = [r["train_loss"] for r in records if r.get("train_loss") is not None]
-    if losses and not min(losses) < uniform:
-        return f"training loss never below {uniform:.3f} nats, a uniform prediction's"
     test, train = results.get("test_accuracy"), results.get("train_accuracy")
     if test is not None and train is not None and max(test, train) <= chance + 0.01:
         return (f"test accuracy {100 * test:.1f} % and training accuracy {100 * train:.1f} % against chance "
                 f"{100 * chance:.1f} %")
+    if losses and not min(losses) < uniform and test is not None and test <= chance + 0.05:
+        return (f"training loss never below {uniform:.3f} nats, a uniform prediction's, and test accuracy "
+                f"{100 * test:.1f} % against chance {100 * chance:.1f} %")
     return None
 
 
@@ -293,6 +297,9 @@ class Run:
     # the levels this start means to train, recorded in config.json's provenance so that
     # ``python -m training runs`` can tell a finished run from a stopped one (None: not recorded)
     levels: Optional[int] = None
+    # the earlier levels level L starts from (its mask, its rewind point): a level at chance stops the
+    # run only when a later level builds on it (IMP: the previous level and level 0's W^k)
+    builds_on: Callable[[int], set] = field(default=lambda level: {0, level - 1} - {-1, level})
     # TensorBoard / W&B / MLflow mirrors of metrics.jsonl (None: what --log asked; training.engine.loggers)
     logging: Optional["LogSettings"] = None
     data: Dataset = field(init=False)
@@ -397,6 +404,11 @@ class Run:
             return
         stored = read_run_config(self.dir, f"delete {self.dir} to start it again, or use another {self.out_flag}")
         stored_config = stored["config"]
+        if "execution" not in stored_config and self.device.type == "cpu" and distributed.is_main():
+            # made before the thread count was part of a run's identity (torch's default count then)
+            print(f"warning: {self.dir.name} was made before the CPU thread count was recorded; the levels "
+                  f"trained from now on use {self.config.execution.threads} thread(s), so their last bits can differ "
+                  f"from what its first start would have given", file=sys.stderr)
         # execution settings: the hash already covers those in the identity; the others (the CPU
         # threads of a GPU run) may change from one start to the next
         diffs = config_differences({k: v for k, v in stored_config.items() if k != "execution"},
@@ -512,7 +524,7 @@ class Run:
         if mask is not None:
             check_mask(mask, model)
         hp = hp or self.config.training
-        for earlier in sorted({0, level - 1} - {-1, level}):  # a rerun must not build on a level at chance
+        for earlier in sorted(self.builds_on(level)):  # a rerun must not build on a level at chance
             reason = self._diverged(earlier)
             if reason and self._stops_at(earlier):
                 raise RunStopped(self._stop_message(earlier, reason))
@@ -549,13 +561,16 @@ class Run:
         return ckpt_io.read_checkpoint(path)["meta"].get("diverged") if path.exists() else None
 
     def _stops_at(self, level: int) -> bool:
-        """Whether a level that ended at chance stops the run: when levels after it would build on it
-        (its mask or weights), unless ``allowing_diverged`` (``--allow-diverged``) is in force."""
-        return not _allow_diverged.get() and (self.levels is None or level + 1 < self.levels)
+        """Whether a level that ended at chance stops the run: when a later planned level builds on it
+        (``builds_on``), unless ``allowing_diverged`` (``--allow-diverged``) is in force."""
+        if _allow_diverged.get():
+            return False
+        later = range(level + 1, self.levels) if self.levels is not None else [level + 1]
+        return any(level in self.builds_on(other) for other in later)
 
     def _stop_message(self, level: int, reason: str) -> str:
-        return (f"level {level} of {self.dir.name} ended at chance ({reason}), so the levels after it would prune a "
-                f"network that learned nothing; lower --lr, or give --allow-diverged to go on anyway")
+        return (f"level {level} of {self.dir.name} ended at chance ({reason}), and the levels after it would start "
+                f"from a network that learned nothing; lower --lr, or give --allow-diverged to go on anyway")
 
     # --- summary ----------------------------------------------------------------------------
 
@@ -616,7 +631,7 @@ class Run:
     def print_summary(self, entries: list[dict]) -> None:
         has_val = any("val_accuracy" in e for e in entries)
         # RISE: the trained fraction is not what the network uses at inference; show both
-        both = any(e.get("density_nonzero") is not None and abs(e["density_nonzero"] - e["density"]) > 1e-6
+        both = any(e.get("density_nonzero") is not None and abs(e["density_nonzero"] - e["density"]) > 1e-3
                    for e in entries)
         head = f"{'level':>5}  {'density':>8}" + (f"  {'non-zero':>8}" if both else "") + f"  {'test acc':>8}"
         print(head + (f"  {'val acc':>8}" if has_val else "") + f"  {'backprop MACs (cumulative)':>26}")
