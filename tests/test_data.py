@@ -206,3 +206,27 @@ def test_the_normalisation_does_not_depend_on_the_thread_count(data_dir):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one.train.x, four.train.x) and torch.equal(one.test.x, four.test.x)
+
+
+@pytest.mark.parametrize("world_size, rank, skip", [(1, 0, 0), (1, 0, 2), (2, 1, 0), (3, 2, 1)])
+def test_an_epochs_crops_drawn_at_once_are_those_drawn_batch_by_batch(world_size, rank, skip):
+    """TrainBatches draws an epoch's crops and flips in one go (one copy to the device per epoch, no
+    host round trip per step); each batch gets exactly what random_crop_flip would draw for it."""
+    from training.data import Split
+    from training.engine.seeding import generator
+    from training.imagenet import rank_slice
+
+    split = Split(torch.randn(103, 3, 8, 8), torch.arange(103) % 10)
+    batches = TrainBatches(split, 20, 5, True, rank=rank, world_size=world_size)
+    order = torch.randperm(103, generator=generator(5, "order", 3))
+    aug = generator(5, "augment", 3)
+    expected = []
+    for i in range(batches.iterations_per_epoch):
+        idx = order[i * 20:(i + 1) * 20]
+        piece = rank_slice(len(idx), rank, world_size)
+        x = random_crop_flip(split.x[idx[piece]], aug, part=(len(idx), piece))
+        if i >= skip:
+            expected.append((x, split.y[idx[piece]]))
+    got = list(batches.epoch(3, skip))
+    assert len(got) == len(expected) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                                              for a, b in zip(got, expected))

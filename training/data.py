@@ -355,6 +355,26 @@ def load_dataset(hp: DatasetHparams, root: Optional[str | os.PathLike] = None) -
 # Batching and augmentation on the device
 
 
+def draw_crop_flip(gen: torch.Generator, n: int, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random numbers of ``n`` images' crops and flips, from the CPU generator ``gen``: offsets
+    (2, n) in [0, 2 * pad] and flips (n,) as bools."""
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=gen)
+    return offsets, torch.rand(n, generator=gen) < 0.5
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flip: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Pad ``x`` (N, C, H, W) by ``pad`` zeros, crop back at ``offsets`` (2, N) and flip the images
+    where ``flip`` (N,) is set; ``offsets`` and ``flip`` on ``x``'s device."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)[None, :]
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)[None, :]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4,
                      part: Optional[tuple[int, slice]] = None) -> torch.Tensor:
     """Pad by ``pad`` zeros, crop back at a random offset and flip half the images horizontally.
@@ -364,17 +384,9 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4,
     a batch of B images (one rank's, under torchrun); the numbers of all B are drawn and those of
     ``piece`` used, so each image gets the crop and flip it gets in the whole batch.
     """
-    n, c, h, w = x.shape
-    drawn, piece = part if part is not None else (n, slice(None))
-    padded = F.pad(x, (pad, pad, pad, pad))
-    offsets = torch.randint(0, 2 * pad + 1, (2, drawn), generator=gen)[:, piece].to(x.device)
-    flip = (torch.rand(drawn, generator=gen) < 0.5)[piece].to(x.device)
-    rows = offsets[0, :, None] + torch.arange(h, device=x.device)[None, :]
-    cols = offsets[1, :, None] + torch.arange(w, device=x.device)[None, :]
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    channel = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    drawn, piece = part if part is not None else (len(x), slice(None))
+    offsets, flip = draw_crop_flip(gen, drawn, pad)
+    return crop_flip(x, offsets[:, piece].to(x.device), flip[piece].to(x.device), pad)
 
 
 class TrainBatches:
@@ -402,24 +414,29 @@ class TrainBatches:
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield epoch ``epoch``'s batches (this rank's slices), starting after the first ``skip``."""
         order = torch.randperm(len(self.split), generator=generator(self.seed, "order", epoch))
-        order = order.to(self.split.x.device)
-        aug = generator(self.seed, "augment", epoch) if self.augment else None
-        for i in range(self.iterations_per_epoch):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            part = None
+        device = self.split.x.device
+        order = order.to(device)
+        if self.augment:
+            # the whole epoch's crops and flips, drawn batch by batch from one CPU stream (as a batch
+            # at a time would draw them) and copied to the device at once: no host copy per step
+            gen = generator(self.seed, "augment", epoch)
+            draws = [draw_crop_flip(gen, self.batch_length(i)) for i in range(self.iterations_per_epoch)]
+            offsets = torch.cat([o for o, _ in draws], dim=1).to(device)
+            flips = torch.cat([f for _, f in draws]).to(device)
+        for i in range(skip, self.iterations_per_epoch):
+            start = i * self.batch_size
+            idx = order[start : start + self.batch_size]
+            piece = slice(None)
             if self.world_size > 1:
                 from training.imagenet import rank_slice
 
                 piece = rank_slice(len(idx), self.rank, self.world_size)
-                idx, part = idx[piece], (len(idx), piece)
-            if aug is not None:
-                # drawn even when skipped, to stay in step
-                x = random_crop_flip(self.split.x[idx], aug, part=part)
-            else:
-                x = None
-            if i < skip:
-                continue
-            yield (x if x is not None else self.split.x[idx]), self.split.y[idx]
+                idx = idx[piece]
+            x = self.split.x[idx]
+            if self.augment:
+                x = crop_flip(x, offsets[:, start : start + self.batch_size][:, piece],
+                              flips[start : start + self.batch_size][piece])
+            yield x, self.split.y[idx]
 
 
 def train_batches(split: "Split | ImageFolderSplit", batch_size: int, seed: int,
