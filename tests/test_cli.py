@@ -43,7 +43,11 @@ def test_nan_loss_exits_with_the_step(tmp_path, data_dir, capsys):
     code = main(["imp", "--out", str(tmp_path), "--no-progress", "--data-dir", data_dir, "--lr", "1e12",
                  "--momentum", "0", "--model", "mnist1d_mlp", "--mnist1d-samples", "500", "--levels", "1"])
     err = capsys.readouterr().err
-    assert code == 2 and "loss became" in err and "at iteration" in err and err.count("\n") == 1
+    # a diverged run, not bad input: exit status 1, the learning rate named, the summary marked
+    assert code == 1 and "loss became" in err and "at iteration" in err and "at lr 1e+12" in err
+    assert err.count("\n") == 1
+    (folder,) = tmp_path.glob("imp-*")
+    assert "loss became" in json.loads((folder / "summary.json").read_text())["diverged"]
 
 
 def test_imp_end_to_end_through_the_cli(tmp_path, data_dir, capsys):

@@ -124,3 +124,13 @@ def test_a_folder_without_execution_settings_resumes(data_dir, tmp_path, capsys)
     path.write_text(json.dumps(stored))
     assert main(["imp", *TINY[:-1], "2", "--no-progress", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
     assert list(tmp_path.glob("imp-*")) == [folder] and (folder / "level_1" / "final.pt").exists()
+
+
+def test_channels_last_on_a_model_without_2d_convolutions_names_the_same_folder(data_dir, tmp_path):
+    """--channels-last changes nothing for a 1-D model, so it is not part of that run's identity."""
+    from training.__main__ import main
+
+    argv = ["train", "--model", "mnist1d_mlp", "--mnist1d-samples", "500", "--train-for", "1ep", "--no-progress",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0 and main(argv + ["--channels-last"]) == 0
+    assert len(list(tmp_path.glob("train-*"))) == 1

@@ -327,3 +327,18 @@ def test_tensorboard_does_not_resend_a_run_reached_through_another_spelling_of_o
     points, _ = tensorboard_points(run_dir)
     steps = [s for s, _ in points["test_accuracy"]]
     assert steps == sorted(set(steps)), steps  # each step once, level 0 not sent twice
+
+
+def test_an_unreachable_mlflow_server_is_one_line_at_once_and_unused_flags_warn(tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    import time
+
+    from training.__main__ import main
+
+    start = time.perf_counter()
+    assert main([*CLI, "--out", str(tmp_path), "--log", "mlflow", "--mlflow-uri", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - start < 30 and err.startswith("error: --mlflow-uri http://127.0.0.1:9: no MLflow")
+    assert err.count("\n") == 1 and not list(tmp_path.glob("imp-*/level_0/final.pt"))
+    assert main([*CLI, "--out", str(tmp_path), "--log-project", "x"]) == 0
+    assert "warning: --log-project has no effect without --log" in capsys.readouterr().err

@@ -77,8 +77,8 @@ def test_nan_loss_in_the_first_epoch_stops_names_the_step_and_saves_no_bad_state
     model = build_model("mnist1d_mlp", 10, data.input_shape, seed=0)
     state = tmp_path / "state.pt"
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    with pytest.raises(UserError, match=r"loss became (nan|inf) at iteration [1-8] \(epoch 0\.\d\d\) of level 0; "
-                                        r"training stopped\. Lower --lr") as info:
+    with pytest.raises(UserError, match=r"loss became (nan|inf) at iteration [1-8] \(epoch 0\.\d\d\) of level 0 at "
+                                        r"lr [0-9.e+]+; training stopped\. Lower --lr") as info:
         train(model, data, cfg.training, state_path=state, log=log, progress=False)
     assert "\n" not in str(info.value) and "resume state" not in str(info.value)
     assert not state.exists()  # no epoch ended cleanly, so no resume state (and none holding NaN)

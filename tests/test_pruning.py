@@ -145,3 +145,18 @@ def test_apply_mask_and_enforcer_zero_exactly_the_pruned(seed, fraction):
         assert bool((w[~m] == 0).all()) and torch.equal(w[m], before[name][m])
     apply_mask(model, mask)
     assert math.isclose(density(mask), sum(int(m.sum()) for m in mask.values()) / 72)
+
+
+def test_collapse_warnings_name_disconnected_and_starved_layers_but_not_channel_pruning():
+    from training.sparsity.masks import collapse_warnings
+
+    starved = torch.zeros(4, 3, dtype=torch.bool)
+    starved[0, 0] = True  # one weight for 4 output units
+    channels = torch.zeros(4, 3, dtype=torch.bool)
+    channels[1] = True  # one whole output channel kept (l1-filter, slimming): units removed on purpose
+    mask = {"dead.weight": torch.zeros(4, 3, dtype=torch.bool), "starved.weight": starved,
+            "channels.weight": channels, "fine.weight": torch.ones(4, 3, dtype=torch.bool)}
+    lines = collapse_warnings(mask)
+    assert len(lines) == 2
+    assert lines[0].startswith("layer 'dead.weight' keeps no weight of 12: the network is disconnected")
+    assert lines[1].startswith("layer 'starved.weight' keeps 1 of 12 weights, fewer than its 4 output units")

@@ -236,3 +236,14 @@ def test_the_iss_presets_reach_the_run(monkeypatch, tmp_path):
     argv = ["iss", "--preset", "ss_supermask_conv6_cifar10", "--out", str(tmp_path), "--device", "cpu"]
     prepare("iss", make_parser().parse_args(argv))()
     assert seen["iss"].freeze_weights and seen["iss"].learning_rate() == 100.0 and seen["rounds"] == 1
+
+
+@pytest.mark.parametrize("command, preset", [("cs", "iss_conv6_cifar10"), ("iss", "cs_conv6_cifar10"),
+                                             ("imp", "iss_conv6_cifar10"), ("imp", "deep_compression_lenet300")])
+def test_a_preset_made_for_another_command_is_one_line(command, preset, tmp_path, capsys):
+    from training.__main__ import main
+
+    assert main([command, "--preset", preset, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --preset {preset} is a setup for ") and err.endswith(f", not {command}\n")
+    assert not (tmp_path / "x").exists()

@@ -73,6 +73,10 @@ def prepare(command: str, args: argparse.Namespace) -> Callable[[], Any]:
     found = commands.find(command)
     if found.prepare is None:
         raise UserError(f"{command} takes its own arguments: python -m training {command} --help")
+    if getattr(args, "preset", None):
+        from training.presets import check_preset_command
+
+        check_preset_command(args.preset, command)
     return found.prepare(args)
 
 

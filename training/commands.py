@@ -209,7 +209,8 @@ def _list() -> None:
         print(f"  {name:<20} {spec.classes} classes")
     print("presets:")
     for name, info in PRESETS.items():
-        print(f"  {name:<20} {info['source']}")
+        only = f" (for {' and '.join(info['commands'])})" if info.get("commands") else ""
+        print(f"  {name:<20} {info['source']}{only}")
 
 
 def _sweep(argv: list[str]) -> int:

@@ -14,3 +14,7 @@ class RunStopped(UserError):
     others that depend on it): one line, exit status 1, the run's files kept."""
 
     exit_code = 1
+
+
+class TrainingDiverged(RunStopped):
+    """The training loss became NaN or infinite: the level cannot finish (exit status 1)."""

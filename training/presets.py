@@ -1,6 +1,7 @@
 """Named setups from the papers: ``--preset NAME`` fills these fields, any flag overrides them.
 
-Each preset names its source. Fields not listed keep the dataclass defaults.
+Each preset names its source. Fields not listed keep the dataclass defaults. A preset made for
+some commands only (an algorithm's own settings) lists them under ``commands``; the others refuse it.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ PRESETS: dict[str, dict] = {
         },
     },
     "cs_conv6_cifar10": {
+        "commands": ('cs',),
         "source": "Savarese et al., \"Winning the lottery with continuous sparsification\", sec. 4.1: continuous "
         "sparsification on Conv-6, CIFAR-10; weights and masks by Adam 3e-4, batch 60, 40 epochs per round, beta to "
         "100, lambda 1e-10, up to 4 rounds, tickets from W^0; s_0 is swept over [-0.03, 0.03] (here 0: vary "
@@ -43,6 +45,7 @@ PRESETS: dict[str, dict] = {
         },
     },
     "iss_conv6_cifar10": {
+        "commands": ('iss',),
         "source": "Savarese et al., \"Winning the lottery with continuous sparsification\", sec. 4.1: iterative "
         "stochastic sparsification on Conv-6, CIFAR-10; weights by Adam 3e-4, batch 60, 30 rounds of 40 epochs, "
         "s_0 = 1, masks by SGD 20, lambda 1e-8, tickets from W^0",
@@ -53,6 +56,7 @@ PRESETS: dict[str, dict] = {
         },
     },
     "ss_supermask_conv6_cifar10": {
+        "commands": ('iss',),
         "source": "Savarese et al., \"Winning the lottery with continuous sparsification\", sec. 4.1 and Fig. 2 (after "
         "Zhou et al.): stochastic sparsification of a supermask on Conv-6 weights frozen at initialisation, CIFAR-10; "
         "one round of 100 epochs, masks by SGD 100, batch 60; s_0 from -5 to 5 sets the sparsity (here 1: vary "
@@ -63,6 +67,7 @@ PRESETS: dict[str, dict] = {
         },
     },
     "cs_resnet18_cifar10": {
+        "commands": ('cs',),
         "source": "Savarese et al., \"Winning the lottery with continuous sparsification\", sec. 4.2: continuous "
         "sparsification on ResNet-18, CIFAR-10; SGD 0.1, momentum 0.9, batch 128, 85 epochs per round decayed x0.1 "
         "at 56 and 71, weight decay 1e-4 on the weights only, masks by SGD on the weights' schedule, beta to 200, "
@@ -94,6 +99,7 @@ PRESETS: dict[str, dict] = {
         },
     },
     "deep_compression_lenet300": {
+        "commands": ('train', 'compress'),
         "source": "Han, Mao & Dally, \"Deep Compression\", ICLR 2016, Table 2: LeNet-300-100 on MNIST pruned to about 8 % "
         "(here one shot: threshold 1.75 standard deviations of each layer, about 8 % of Gaussian weights, then 10 epochs "
         "of retraining), 6-bit shared weights and 5-bit relative indices; dense training as Caffe's LeNet example, "
@@ -116,6 +122,14 @@ PRESETS: dict[str, dict] = {
         },
     },
 }
+
+
+def check_preset_command(name: str, command: str) -> None:
+    """``UserError`` (one line) when preset ``name`` is a setup for other commands than ``command``
+    (e.g. an ISS preset given to ``cs``, whose fields would silently mean other things there)."""
+    commands = PRESETS.get(name, {}).get("commands")
+    if commands and command not in commands:
+        raise UserError(f"--preset {name} is a setup for {' and '.join(commands)}, not {command}")
 
 
 def preset_values(name: str) -> dict:

@@ -106,6 +106,8 @@ def logging_to(settings: LogSettings) -> Iterator[LogSettings]:
     """Runs started inside the block log as ``settings`` says (the Python counterpart of ``--log``)."""
     global _requested
     check_installed(settings.backends)
+    if "mlflow" in settings.backends and settings.mlflow_uri:
+        check_reachable(settings.mlflow_uri)
     before, _requested = _requested, settings
     try:
         yield settings
@@ -138,9 +140,33 @@ def add_log_flags(group: argparse._ActionsContainer) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> LogSettings:
-    """The ``LogSettings`` of a command line parsed with ``add_log_flags``."""
-    return LogSettings(tuple(args.log), args.log_project or DEFAULT_PROJECT, args.log_group or None,
-                       args.mlflow_uri or None)
+    """The ``LogSettings`` of a command line parsed with ``add_log_flags`` (a warning on stderr for
+    a logging flag given without ``--log``: it would do nothing)."""
+    settings = LogSettings(tuple(args.log), args.log_project or DEFAULT_PROJECT, args.log_group or None,
+                           args.mlflow_uri or None)
+    unused = [flag for flag, value in (("--log-project", settings.project != DEFAULT_PROJECT),
+                                       ("--log-group", settings.group), ("--mlflow-uri", settings.mlflow_uri))
+              if value and not settings.backends]
+    if unused:
+        print(f"warning: {', '.join(unused)} has no effect without --log", file=sys.stderr)
+    return settings
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """``UserError`` (one line) when the MLflow server at an http(s) ``uri`` does not accept a
+    connection within ``timeout`` seconds (MLflow's own retries would take minutes)."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"--mlflow-uri {uri}: no MLflow server answers there ({exc.strerror or exc}); start it, or "
+                        f"leave --mlflow-uri out to log to a file store in --out") from None
 
 
 def with_group(argv: Sequence[str], group: str) -> list[str]:

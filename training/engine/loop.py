@@ -21,7 +21,7 @@ from tqdm import tqdm
 from training.engine import distributed
 from training.engine.checkpoint import atomic_save, safe_load
 from training.data import Dataset, Split, eval_batches, train_batches
-from training.errors import UserError
+from training.errors import TrainingDiverged, UserError
 from training.engine.extensions import BatchNormL1, Extension, ParamGroup
 from training.hparams import PRECISIONS, ExecutionHparams, TrainingHparams
 from training.sparsity.masks import Mask, MaskEnforcer
@@ -466,8 +466,9 @@ def train(model: nn.Module, data: Dataset, hp: TrainingHparams, *, start: int = 
         if len(bad):
             at = upto - len(pending) + int(bad[0]) + 1
             where = f"; last good resume state: {state_path}" if state_path is not None and state_path.exists() else ""
-            raise UserError(f"loss became {float(losses[bad[0]])} at iteration {at} (epoch {at / ipe:.2f}) of level "
-                            f"{level}; training stopped{where}. Lower --lr or check the data")
+            raise TrainingDiverged(f"loss became {float(losses[bad[0]])} at iteration {at} (epoch {at / ipe:.2f}) of "
+                                   f"level {level} at lr {hp.lr:g}; training stopped{where}. Lower --lr or check "
+                                   f"the data")
 
     stop = False
     last = record(t) if t == start else {}

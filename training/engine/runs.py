@@ -46,7 +46,7 @@ from training.engine import distributed
 from training.cli import writable_dir
 from training.engine.cost import training_cost
 from training.data import Dataset, load_dataset
-from training.errors import RunStopped, UserError
+from training.errors import RunStopped, TrainingDiverged, UserError
 from training.hparams import Config, TrainingHparams, dumps
 from training.engine.extensions import Extension
 from training.engine.loop import apply_execution, check_execution, check_lengths, train
@@ -266,6 +266,15 @@ def diverged_reason(results: dict, records: Sequence[dict], data: Dataset) -> Op
     return None
 
 
+def _has_conv2d(config: Config) -> bool:
+    """Whether the run's model has a 2-D convolution (``--channels-last`` applies to those only)."""
+    from training.data import dataset_spec
+
+    spec = dataset_spec(config.dataset.dataset)
+    model = build_model(config.model.model, spec.classes, spec.shape, config.training.seed)
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def nonzero_density(checkpoint: dict) -> Optional[float]:
     """Fraction of a checkpoint's prunable weights (its mask's) that are non-zero: what the network
     uses at inference. Equals the mask's density when pruned weights are zero; RISE's frozen
@@ -313,6 +322,9 @@ class Run:
         self.config = dataclasses.replace(
             self.config, execution=dataclasses.replace(self.config.execution, device=self.device.type,
                                                        world_size=distributed.world_size()))
+        if self.config.execution.channels_last and not _has_conv2d(self.config):
+            # nothing to lay out: the flag changes no number, so it is no part of the run's identity
+            self.config.execution = dataclasses.replace(self.config.execution, channels_last=False)
         distributed.setup(self.device)  # under torchrun: join the process group (once)
         check_execution(self.config.execution, self.device)
         self.hash = self.config.hash(self.algorithm, *self.extra_identity)
@@ -530,10 +542,14 @@ class Run:
                 raise RunStopped(self._stop_message(earlier, reason))
         end = self.total if end is None else end
         state = self.level_dir(level) / "state.pt"
-        metrics = train(model, self.data, hp, start=start, end=end, mask=mask,
-                        log=self.log, level=level, save_points=save_points, on_save=on_save, state_path=state,
-                        progress=self.progress, on_epoch_end=self.on_epoch_end, frozen=frozen,
-                        extensions=extensions, execution=self.config.execution)
+        try:
+            metrics = train(model, self.data, hp, start=start, end=end, mask=mask,
+                            log=self.log, level=level, save_points=save_points, on_save=on_save, state_path=state,
+                            progress=self.progress, on_epoch_end=self.on_epoch_end, frozen=frozen,
+                            extensions=extensions, execution=self.config.execution)
+        except TrainingDiverged as exc:  # NaN or inf: the level never finishes; summary.json says why
+            self.write_summary(diverged=f"level {level}: {exc}")
+            raise
         distributed.barrier()  # rank 0 has logged the level's last evaluation: every rank reads the log
         results = {k: v for k, v in metrics.items() if k.startswith(("test_", "val_", "train_"))}
         results["stopped_at"] = metrics["stopped_at"]
@@ -549,11 +565,11 @@ class Run:
         if distributed.is_main() and state.exists():
             os.unlink(state)
         if reason:
-            if distributed.is_main():
-                print(f"warning: level {level} ended at chance: {reason} (lr {hp.lr:g})", file=sys.stderr)
-            if self._stops_at(level):
+            if self._stops_at(level):  # one line: the error says it all
                 self.write_summary()
                 raise RunStopped(self._stop_message(level, f"{reason} (lr {hp.lr:g})"))
+            if distributed.is_main():
+                print(f"warning: level {level} ended at chance: {reason} (lr {hp.lr:g})", file=sys.stderr)
         return metrics
 
     def _diverged(self, level: int) -> Optional[str]:
@@ -598,19 +614,21 @@ class Run:
             level += 1
         return entries
 
-    def write_summary(self) -> list[dict]:
+    def write_summary(self, diverged: Optional[str] = None) -> list[dict]:
         """Write ``summary.json`` and ``summary.csv`` (one row per finished level; checkpoint paths
         relative to the run folder in ``mask_path`` ... ``final_path``, and ``step_paths``
-        separated by ``;``); return the entries."""
+        separated by ``;``); return the entries. ``diverged``: why training stopped in a level that
+        never finished (a NaN loss), recorded as the summary's top-level ``diverged``."""
         entries = self.summary()
         with distributed.writing() as main:  # under torchrun: rank 0 writes (every rank calls this)
             if main:
-                self._write_summary_files(entries)
+                self._write_summary_files(entries, diverged)
         return entries
 
-    def _write_summary_files(self, entries: list[dict]) -> None:
+    def _write_summary_files(self, entries: list[dict], diverged: Optional[str] = None) -> None:
         ckpt_io.atomic_write_text(self.dir / "summary.json", dumps(
             {"run": self.hash, "algorithm": self.algorithm, "folder": str(self.dir),
+             **({"diverged": diverged} if diverged else {}),
              "execution": dataclasses.asdict(self.config.execution), "levels": entries}))
         columns = ["level", "density", "density_trained", "density_nonzero", "weights_kept", "weights_prunable",
                    "diverged", "test_accuracy", "test_loss",

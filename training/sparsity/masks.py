@@ -56,16 +56,20 @@ def layer_counts(mask: Mask) -> dict[str, dict[str, int]]:
 def collapse_warnings(mask: Mask) -> list[str]:
     """One line per layer that keeps no weight (the network is disconnected: layer collapse in the
     sense of Tanaka et al. 2020, "Pruning neural networks without any data by iteratively conserving
-    synaptic flow") or fewer weights than it has output units (some units then get no input: the way
-    towards it); empty when none does."""
+    synaptic flow") or, pruned weight by weight, fewer weights than it has output units (some units
+    then get no input: the way towards it); empty when none does. A layer pruned by whole output
+    channels (l1-filter, slimming: every unit keeps all its weights or none) removes units on purpose
+    and is only reported when it keeps none."""
     lines = []
     for name, c in layer_counts(mask).items():
+        rows = mask[name].reshape(c["outputs"], -1)
+        by_channel = bool((rows.all(dim=1) | ~rows.any(dim=1)).all())
         if c["kept"] == 0:
-            lines.append(f"{name} keeps no weight of {c['weights']}: the network is disconnected (layer collapse, "
-                         f"Tanaka et al. 2020)")
-        elif c["kept"] < c["outputs"]:
-            lines.append(f"{name} keeps {c['kept']} of {c['weights']} weights, fewer than its {c['outputs']} output "
-                         f"units: some units get no input (on the way to layer collapse, Tanaka et al. 2020)")
+            lines.append(f"layer '{name}' keeps no weight of {c['weights']}: the network is disconnected (layer "
+                         f"collapse, Tanaka et al. 2020)")
+        elif c["kept"] < c["outputs"] and not by_channel:
+            lines.append(f"layer '{name}' keeps {c['kept']} of {c['weights']} weights, fewer than its {c['outputs']} "
+                         f"output units: some units get no input (on the way to layer collapse, Tanaka et al. 2020)")
     return lines
 
 
