@@ -228,3 +228,160 @@ def test_every_command_records_the_levels_it_plans(root, capsys):
     assert planned[(False, "imp")] == 2 and planned[(False, "train")] == 1 and planned[(True, "reinit")] == 1
     # every planned level is done; a tiny run that learned nothing is listed as diverged, not complete
     assert all(r["levels_done"] == r["levels_planned"] and r["status"] in ("complete", "diverged") for r in rows)
+
+
+def _rows(capsys, root) -> dict:
+    return {Path(r["folder"]).name: r for r in _json(capsys, root)}
+
+
+def _line(out: str, name: str) -> str:
+    return next(line for line in out.splitlines() if line.strip().startswith(name))
+
+
+def test_execution_settings_in_the_identity_are_shown_and_filtered(tmp_path, capsys, data_dir):
+    """A --threads 2 run is not '(defaults)'; precision, channels-last, compile and the world size
+    are told apart and taken by --where; a GPU run's CPU threads, not in its identity, are not shown."""
+    from training.algorithms.imp import run_train
+    from training.hparams import ExecutionHparams
+
+    config = tiny_config(train_for="1ep")
+    config.execution = ExecutionHparams(threads=2)
+    threads = run_train(config, out=tmp_path, progress=False)
+    threads.close()
+    made = {"bf16": {"precision": "bf16"}, "fp16": {"precision": "fp16", "channels_last": True},
+            "compiled": {"compile": True, "world_size": 2}, "gpu": {"device": "cuda", "threads": 4}}
+    for i, (name, settings) in enumerate(made.items()):  # folders as those runs write them
+        folder = tmp_path / f"train-{i:012x}"
+        folder.mkdir()
+        stored = json.loads((threads.dir / "config.json").read_text())
+        stored["config"]["execution"] = {**ExecutionHparams().__dict__, **settings}
+        (folder / "config.json").write_text(json.dumps(stored))
+        shutil.copy(threads.dir / "summary.json", folder / "summary.json")
+    _, out, _ = _list(capsys, tmp_path)
+    assert "threads=2" in _line(out, threads.dir.name) and "(defaults)" not in _line(out, threads.dir.name)
+    assert "precision=bf16" in _line(out, "train-000000000000")
+    assert re.search(r"precision=fp16 channels_last=True\s*$", _line(out, "train-000000000001"))
+    assert "compile=True world_size=2" in _line(out, "train-000000000002")
+    gpu = _line(out, "train-000000000003")
+    assert "device=cuda" in gpu and "threads" not in gpu
+
+    def names(*where) -> set[str]:
+        return {Path(r["folder"]).name for r in _json(capsys, tmp_path, *where)}
+
+    assert names("--where", "threads=2") == {threads.dir.name}
+    assert names("--where", "precision=bf16") == {"train-000000000000"}
+    assert names("--where", "precision=fp32") == {threads.dir.name, "train-000000000002", "train-000000000003"}
+    assert names("--where", "channels_last=true") == {"train-000000000001"}
+    assert names("--where", "world_size=2", "--where", "compile=True") == {"train-000000000002"}
+    assert names("--where", "device=cuda") == {"train-000000000003"}
+    assert _rows(capsys, tmp_path)[threads.dir.name]["threads"] == 2  # a CSV/JSON column too
+
+
+def test_cs_iss_and_edge_popup_settings_are_read_from_config_json(tmp_path, capsys, data_dir):
+    """Their own settings show as name=value (not cs()/iss(...) tokens), --where takes them, and the
+    levels planned are the rounds + 1."""
+    from training.algorithms.continuous_sparsification import run_cs
+    from training.algorithms.edge_popup import EdgePopupHparams, run_edge_popup
+    from training.algorithms.stochastic_sparsification import ISSHparams, run_iss
+
+    def config():
+        c = tiny_config(train_for="1ep")
+        c.pruning = None
+        return c
+
+    cs = run_cs(config(), rounds=1, out=tmp_path, progress=False)
+    cs.close()
+    iss = run_iss(config(), ISSHparams(mask_init=0.0, freeze_weights=True), rounds=1, out=tmp_path, progress=False)
+    iss.close()
+    popup = run_edge_popup(config(), EdgePopupHparams(keep=0.3), out=tmp_path, progress=False)
+    popup.close()
+    _, out, _ = _list(capsys, tmp_path)
+    cs_line, iss_line, popup_line = (_line(out, r.dir.name) for r in (cs, iss, popup))
+    assert "cs(" not in cs_line and "mask_init" not in cs_line and re.search(r" 2/2 ", cs_line)
+    assert "iss(" not in iss_line and "mask_init=0 " in iss_line and "freeze_weights=True" in iss_line
+    assert re.search(r" 2/2 ", iss_line)
+    assert popup_line.count("keep=0.3") == 1
+
+    def names(*where) -> set[str]:
+        return {Path(r["folder"]).name.split("-")[0] for r in _json(capsys, tmp_path, *where)}
+
+    assert names("--where", "mask_init=0") == {"iss"}
+    assert names("--where", "freeze_weights=True") == {"iss"}
+    assert names("--where", "freeze_weights=false") == {"cs"}  # edge-popup has no such setting
+    assert names("--where", "mask_init=0.05") == {"cs"}  # CS's default s_0
+    assert names("--where", "keep=0.3") == {"edge"} and names("--where", "init=signed_constant") == {"edge"}
+    code, _, err = _list(capsys, tmp_path / cs.dir.name, "--where", "keep=0.3")  # known with no edge-popup run
+    assert code == 0 and "no such field" not in err
+    rows = _rows(capsys, tmp_path)
+    assert rows[cs.dir.name]["levels_planned"] == 2 and rows[iss.dir.name]["mask_init"] == 0
+
+
+def test_a_compress_folder_has_a_row_of_its_own(root, tmp_path, capsys):
+    """Not 'damaged: no config.json': complete with its compression.json (the Huffman-coded
+    network's accuracy and density), stopped without one."""
+    assert main(["compress", str(_imp(root)), "--out", str(tmp_path), "--centroid-epochs", "0",
+                 "--no-progress"]) == 0
+    (done,) = tmp_path.glob("compress-*")
+    report = json.loads((done / "compression.json").read_text())
+    shutil.copytree(done, tmp_path / "compress-000000000000")
+    (tmp_path / "compress-000000000000" / "compression.json").unlink()  # interrupted
+    capsys.readouterr()
+    rows = _rows(capsys, tmp_path)
+    row = rows[done.name]
+    assert (row["command"], row["status"]) == ("compress", "complete")
+    assert row["test_accuracy"] == report["stages"][-1]["test_accuracy"]
+    assert row["density"] == report["layers"][-1]["fraction_kept"] < 1
+    assert rows["compress-000000000000"]["status"] == "stopped"
+    _, out, _ = _list(capsys, tmp_path)
+    line = _line(out, done.name)
+    assert " compress " in line and " complete " in line and "centroid_epochs=0" in line and "source=" in line
+    assert "damaged" not in out and f"{100 * row['test_accuracy']:.2f}%" in line
+    assert {Path(r["folder"]).name for r in _json(capsys, tmp_path, "--where", "command=compress",
+                                                   "--where", "status=complete")} == {done.name}
+
+
+def test_a_finished_analysis_branch_without_summary_json_is_complete(root, tmp_path, capsys):
+    """A branch of train_branch (analysis.connectivity --instability, analysis.supermask --train)
+    writes summary.json, so the index shows its accuracy; one made before that (no summary.json)
+    still counts its finished level (not 'stopped 0/1')."""
+    from training.engine.branches import train_branch
+
+    run = tmp_path / _imp(root).name
+    shutil.copytree(_imp(root), run, ignore=shutil.ignore_patterns("branches", ".lock"))
+    final = train_branch(run / "level_1" / "rewind.pt", "instability", seed=1, progress=False)
+    summary = final.parent.parent / "summary.json"
+    assert _rows(capsys, tmp_path)[final.parent.parent.name]["test_accuracy"] is not None
+    summary.unlink()
+    rows = _rows(capsys, tmp_path)
+    branch = rows[final.parent.parent.name]
+    assert (branch["status"], branch["levels_done"], branch["levels_planned"]) == ("complete", 1, 1)
+    assert branch["parent"] == str(run)
+    _, out, _ = _list(capsys, tmp_path)
+    assert re.search(r"instability \(branch\)\s+1/1\s+complete", out)
+
+
+def test_a_nan_stop_is_diverged_with_its_reason(tmp_path, capsys, data_dir):
+    argv = ["imp", "--out", str(tmp_path), "--no-progress", "--lr", "1e12", "--momentum", "0", "--model",
+            "mnist1d_mlp", "--mnist1d-samples", "500", "--levels", "2"]
+    assert main(argv) != 0
+    capsys.readouterr()
+    (row,) = _json(capsys, tmp_path)
+    assert row["status"] == "diverged" and "loss became" in row["reason"] and "level 0" in row["reason"]
+    _, out, _ = _list(capsys, tmp_path)
+    assert re.search(r" 0/2 +diverged: level 0: loss became \S+ at iteration \d+", out)
+    assert "Lower --lr" not in out  # the table keeps the reason to one clause
+
+
+def test_a_later_start_asking_for_fewer_levels_than_done_is_complete(root, tmp_path, capsys):
+    """A sweep's --levels 3 on the demo's folder (5 done) showed 5/3: planned is at least done."""
+    from training.engine.runs import Run, resolve_device
+
+    run = tmp_path / _imp(root).name
+    shutil.copytree(_imp(root), run, ignore=shutil.ignore_patterns("branches", ".lock"))
+    Run(tiny_config(train_for="2ep"), "imp", tmp_path, resolve_device("cpu"), levels=1).close()
+    history = json.loads((run / "config.json").read_text())["provenance"]
+    assert history[-1]["levels"] == 1  # the latest start asked for 1 level
+    (row,) = _json(capsys, tmp_path)
+    assert (row["levels_done"], row["levels_planned"], row["status"]) == (2, 2, "complete")
+    _, out, _ = _list(capsys, tmp_path)
+    assert " 2/2 " in out

@@ -166,3 +166,26 @@ def test_points_sharing_a_run_folder_on_ray_run_one_after_the_other(tmp_path, da
         ray.shutdown()
     assert [r.status for r in runs] == ["done", "done"] and runs[0].folder == runs[1].folder
     assert {r.metrics["levels"] for r in runs} <= {2, 3} and max(r.metrics["levels"] for r in runs) == 3
+
+
+def test_each_point_is_reported_at_the_level_its_own_command_asked_for(tmp_path, data_dir, capsys):
+    """A point whose folder holds more levels (the demo's 5, here 3, made by another command) is
+    reported at its own --levels' last level like the others, and the table flags the folder."""
+    import json
+
+    from training.sweep import print_table
+
+    deeper = run_imp(tiny_config(train_for="2ep"), levels=3, out=tmp_path, progress=False)  # the seed-0 point's folder
+    deeper.close()
+    runs, index = run_grid("imp", {"seed": [0, 1]}, [*TINY, "--out", str(tmp_path)], progress=False)  # --levels 2
+    assert runs[0].folder == str(deeper.dir)
+    level_1 = json.loads((deeper.dir / "summary.json").read_text())["levels"][1]
+    assert runs[0].metrics["test_accuracy"] == level_1["test_accuracy"]  # not level 2's
+    assert [r.metrics["levels"] for r in runs] == [2, 2] and [r.metrics["at_level"] for r in runs] == [1, 1]
+    assert runs[0].metrics["density"] == level_1["density"] == runs[1].metrics["density"]
+    table = pd.read_csv(index)
+    assert list(table["at_level"]) == [1, 1] and list(table["levels_in_folder"]) == [3, 2]
+    assert list(table["test_accuracy"])[0] == level_1["test_accuracy"]
+    print_table(runs, index)
+    lines = capsys.readouterr().out.splitlines()
+    assert "holds 3 levels" in lines[1] and "holds" not in lines[2]

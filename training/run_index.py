@@ -4,22 +4,34 @@ A row says what the folder is (command, the hyperparameters that differ from the
 how far it got (levels done of the levels its latest start asked for) and in what state it is:
 
 - ``running``: a process holds the folder's lock (its PID is shown);
-- ``diverged``: its ``summary.json`` marks a level as diverged;
+- ``diverged``: its ``summary.json`` marks a level as diverged (at chance), or the run as a whole
+  (a NaN or infinite loss stopped a level: the reason says where);
 - ``stopped``: fewer levels done than asked for, or a level started and not finished;
 - ``complete``: every level asked for is done (a folder whose start did not record how many
   levels it asked for counts as complete when no level was left half-done);
 - ``damaged``: ``config.json`` or ``summary.json`` is missing or cannot be read (the reason says
   which); such a folder is listed, never a traceback.
 
-Control branches (``RUN/branches/NAME-HASH/``) are listed right after their parent. Only
-``config.json``, ``summary.json`` and the small sweep and ticket-search index files are read, never
-a checkpoint, so listing hundreds of runs takes a moment.
+The settings are the hyperparameters, the execution settings that are part of the run's identity
+(``--threads``, ``--precision``, ... : ``training.hparams.ExecutionHparams``) and an algorithm's
+own settings (``config.json``'s ``cs``, ``iss``, ``edge_popup``: ``ALGORITHM_HPARAMS``) that differ
+from their defaults; ``--where`` takes all of their names. Levels done count the levels of
+``summary.json``, or, for a folder that writes none (an analysis branch), the finished levels
+(``level_L/final.pt``); levels planned are those the latest start asked for, at least those done.
+
+Branches (``RUN/branches/NAME-HASH/``: controls, instability copies, ...) are listed right after
+their parent. ``compress`` folders (``compress-HASH/``) get a row of their own, read from their
+``compression.json`` (complete when it exists). Only ``config.json``, ``summary.json``,
+``compression.json`` and the small sweep and ticket-search index files are read, never a
+checkpoint, so listing hundreds of runs takes a moment.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import fcntl
+import importlib
 import io
 import json
 import math
@@ -32,7 +44,7 @@ from typing import Any, Optional, Sequence
 
 from training.commands import Command
 from training.errors import UserError
-from training.hparams import SECTIONS
+from training.hparams import SECTIONS, ExecutionHparams
 
 RUN_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*-[0-9a-f]{12}$")  # ALGORITHM-HASH, NAME-HASH
 STATUSES = ("complete", "running", "stopped", "diverged", "damaged")
@@ -40,15 +52,24 @@ MAX_DEPTH = 4  # folders below ROOT searched for run folders (``--out runs/EXPER
 # columns of every row (CSV/JSON), before the densities, the level's own fields and the hyperparameters
 RUN_COLUMNS = ("folder", "parent", "command", "status", "pid", "reason", "levels_done", "levels_planned")
 TAIL_COLUMNS = ("settings", "identity", "indexes", "started")
+# config.json keys where an algorithm keeps its own hyperparameters (every field, defaults included),
+# and the dataclass that holds their defaults: "module:class", imported when a folder has the key
+ALGORITHM_HPARAMS = {
+    "cs": "training.algorithms.continuous_sparsification:CSHparams",
+    "iss": "training.algorithms.stochastic_sparsification:ISSHparams",
+    "edge_popup": "training.algorithms.edge_popup:EdgePopupHparams",
+}
+COMPRESS_REPORT = "compression.json"  # what a finished ``compress`` folder holds (training/compression)
 
 
 @dataclass
 class RunRow:
     """What ``python -m training runs`` knows of one run folder, read from its JSON files alone.
 
-    ``values`` holds every hyperparameter (defaults included) by field name; ``levels`` the
-    ``summary.json`` entries (accuracies are fractions in [0, 1], densities fractions of the
-    prunable weights)."""
+    ``values`` holds every hyperparameter, execution setting and algorithm setting (defaults
+    included) by field name; ``levels`` the ``summary.json`` entries (accuracies are fractions in
+    [0, 1], densities fractions of the prunable weights); ``result`` the final numbers of a folder
+    without levels (a ``compress`` folder: its Huffman-coded network's test accuracy and density)."""
 
     folder: Path
     parent: Optional[Path] = None  # the run a branch was trained from
@@ -64,6 +85,11 @@ class RunRow:
     levels: list = field(default_factory=list)
     indexes: list = field(default_factory=list)
     started: Optional[str] = None
+    result: dict = field(default_factory=dict)
+
+    def last(self) -> dict:
+        """The numbers the row reports: its last level's ``summary.json`` entry, else ``result``."""
+        return self.levels[-1] if self.levels else self.result
 
     def lookup(self) -> dict:
         """The row's own columns and every hyperparameter, by name (the names ``--where`` takes)."""
@@ -110,10 +136,15 @@ def _format(value: Any) -> str:
     return repr(text) if (not text or " " in text) else text
 
 
+def _differs(value: Any, default: Any) -> bool:
+    return value != default or isinstance(value, bool) != isinstance(default, bool)
+
+
 def _values_and_settings(config: dict) -> tuple[dict, list[str]]:
-    """Every hyperparameter of ``config`` (config.json's ``config``) by field name, and
-    ``name=value`` for those that differ from their defaults (fields a folder lacks sit at their
-    defaults, as in the run's hash)."""
+    """Every hyperparameter and execution setting of ``config`` (config.json's ``config``) by field
+    name, and ``name=value`` for the hyperparameters that differ from their defaults (fields a
+    folder lacks sit at their defaults, as in the run's hash), then for the execution settings
+    that are part of the run's identity."""
     values: dict = {}
     changed: list[str] = []
     for section_name, kind in SECTIONS.items():
@@ -126,9 +157,75 @@ def _values_and_settings(config: dict) -> tuple[dict, list[str]]:
                 continue
             value = section.get(f.name, f.default)
             values[f.name] = value
-            if value != f.default or isinstance(value, bool) != isinstance(f.default, bool):
+            if _differs(value, f.default):
                 changed.append(f"{f.name}={_format(value)}")
-    return values, changed
+    execution, in_identity = _execution(config.get("execution"))
+    values.update(execution)
+    return values, changed + in_identity
+
+
+def _execution(stored: Any) -> tuple[dict, list[str]]:
+    """Every execution setting of config.json's ``execution`` (all at their defaults in a folder made
+    before they were recorded) by name, and ``name=value`` for those in the run's identity: a
+    setting is listed when putting it back to its default changes ``ExecutionHparams.identity()``
+    (so the CPU threads of a GPU run, which change nothing it computes, are not)."""
+    if stored is not None and not isinstance(stored, dict):
+        raise TypeError("config section execution is not a mapping")
+    known = {f.name: f for f in fields(ExecutionHparams)}
+    settings = ExecutionHparams(**{k: v for k, v in (stored or {}).items() if k in known})
+    values = dataclasses.asdict(settings)
+    identity = settings.identity()
+    shown = [f"{name}={_format(value)}" for name, value in values.items()
+             if dataclasses.replace(settings, **{name: known[name].default}).identity() != identity]
+    return values, shown
+
+
+def _hparams_class(key: str) -> type:
+    """The dataclass of the algorithm settings kept under config.json's ``key`` (``ALGORITHM_HPARAMS``)."""
+    module, name = ALGORITHM_HPARAMS[key].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _algorithm_settings(stored: dict) -> tuple[dict, list[str], set[str]]:
+    """An algorithm's own settings, kept in config.json under one of ``ALGORITHM_HPARAMS``' keys: every
+    field by name (fields the folder lacks at their defaults), ``name=value`` for those that differ
+    from their defaults, and the field names read."""
+    values: dict = {}
+    changed: list[str] = []
+    for key in ALGORITHM_HPARAMS:
+        section = stored.get(key)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise TypeError(f"config.json's {key} is not a mapping")
+        for f in fields(_hparams_class(key)):
+            value = section.get(f.name, f.default)
+            values[f.name] = value
+            if _differs(value, f.default):
+                changed.append(f"{f.name}={_format(value)}")
+    return values, changed, set(values)
+
+
+_ALL_DEFAULTS = re.compile(r"^[A-Za-z_]\w*\(\)$")  # ``cs()``: an algorithm's settings, all at their defaults
+
+
+def _unshown_identity(identity: list[str], stored: dict, shown: set[str], said: list[str]) -> list[str]:
+    """The identity items the settings do not already say: an algorithm's ``KEY(...)`` whose settings
+    were read from config.json's ``KEY``, ``NAME=VALUE`` items of settings read (``shown``), items
+    equal to one of ``said`` (a branch's ``seed=1``) and ``KEY()`` (every setting at its default)
+    are left out."""
+    out = []
+    for item in identity:
+        if item in said:
+            continue
+        head = item.split("(", 1)[0]
+        read = head in ALGORITHM_HPARAMS and isinstance(stored.get(head), dict)
+        if _ALL_DEFAULTS.match(item) or (item.endswith(")") and read):
+            continue
+        if "=" in item and "(" not in item.split("=", 1)[0] and item.split("=", 1)[0] in shown:
+            continue
+        out.append(item)
+    return out
 
 
 def read_row(folder: Path, parent: Optional[Path] = None) -> RunRow:
@@ -139,47 +236,96 @@ def read_row(folder: Path, parent: Optional[Path] = None) -> RunRow:
     name = folder.name
     row = RunRow(folder=folder, parent=parent, command=name.rsplit("-", 1)[0] if RUN_FOLDER.match(name) else "?")
     row.pid = lock_holder(folder)
+    if not (folder / "config.json").exists() and (row.command == "compress" or (folder / COMPRESS_REPORT).exists()):
+        return _read_compress(row)
     try:
         stored = _read_json(folder / "config.json")
         if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
             raise ValueError("config.json holds no configuration")
         row.command = str(stored.get("algorithm") or row.command)
         row.values, changed = _values_and_settings(stored["config"])
+        own, own_changed, own_names = _algorithm_settings(stored)
+        row.values.update(own)  # cs's rewind, where the pruning section (None for cs) has one too
         identity = stored.get("identity") or []
         row.identity = [str(item) for item in identity] if isinstance(identity, list) else [str(identity)]
-        row.settings = " ".join(changed + row.identity)
+        said = changed + own_changed
+        row.settings = " ".join(said + _unshown_identity(row.identity, stored, own_names, said))
         row.levels_planned = planned_levels(stored)
         history = stored.get("provenance")
         first = history[0] if isinstance(history, list) and history else history
         row.started = first.get("started") if isinstance(first, dict) else None
         summary_path = folder / "summary.json"
         levels: list = []
-        run_diverged = False  # summary.json may mark the run as a whole
+        run_diverged: Any = None  # summary.json may mark the run as a whole (a NaN loss: why, where)
         if summary_path.exists():
             summary = _read_json(summary_path)
             levels = summary.get("levels") if isinstance(summary, dict) else None
             if not isinstance(levels, list) or not all(isinstance(e, dict) for e in levels):
                 raise ValueError("summary.json holds no list of levels")
-            run_diverged = bool(summary.get("diverged"))
+            run_diverged = summary.get("diverged")
+            row.levels_done = len(levels)
+        else:  # an analysis branch (training.engine.branches.train_run) writes no summary.json
+            row.levels_done = 0
+            while (folder / f"level_{row.levels_done}" / "final.pt").exists():
+                row.levels_done += 1
         row.levels = levels
-        row.levels_done = len(levels)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         row.status = "running" if row.pid is not None else "damaged"  # a starting run writes config.json next
         row.reason = str(exc) if isinstance(exc, (ValueError, TypeError)) else f"{exc.strerror or exc}"
         return row
+    if row.levels_planned is not None:  # a later start that asked for fewer levels than were done
+        row.levels_planned = max(row.levels_planned, row.levels_done)
     half_done = (folder / f"level_{row.levels_done}").exists()  # killed while training it
     if row.pid is not None:
         row.status = "running"
     elif run_diverged or any(entry.get("diverged") for entry in levels):
         row.status = "diverged"
         at = [str(e.get("level", i)) for i, e in enumerate(levels) if e.get("diverged")]
-        row.reason = f"level {', '.join(at)}" if at else ""
+        row.reason = run_diverged if isinstance(run_diverged, str) else f"level {', '.join(at)}" if at else ""
     elif half_done or row.levels_done == 0 or (row.levels_planned is not None and row.levels_done < row.levels_planned):
         row.status = "stopped"
         if half_done:
             row.reason = f"level {row.levels_done} was started and not finished"
     else:
         row.status = "complete"
+    return row
+
+
+def _read_compress(row: RunRow) -> RunRow:
+    """The row of a ``compress`` folder (``training.compression``): complete with its
+    ``compression.json`` (the settings that differ from their defaults and the source; the
+    Huffman-coded network's test accuracy and the fraction of weights kept), stopped without it
+    (an interrupted compression starts over when asked again), running while its lock is held."""
+    from training.compression.pipeline import CompressionSettings
+
+    row.command = "compress"
+    path = row.folder / COMPRESS_REPORT
+    if row.pid is not None:
+        row.status = "running"
+        return row
+    if not path.exists():
+        row.status, row.reason = "stopped", f"no {COMPRESS_REPORT}: interrupted (asked again, it starts over)"
+        return row
+    try:
+        report = _read_json(path)
+        settings = report.get("settings")
+        if not isinstance(settings, dict):
+            raise ValueError(f"{COMPRESS_REPORT} holds no settings")
+        changed = []
+        for f in fields(CompressionSettings):
+            row.values[f.name] = settings.get(f.name, f.default)
+            if _differs(row.values[f.name], f.default):
+                changed.append(f"{f.name}={_format(row.values[f.name])}")
+        row.values["source"] = report.get("source")
+        row.settings = " ".join(changed + [f"source={_format(report.get('source'))}"])
+        huffman = [s for s in report.get("stages", []) if isinstance(s, dict) and s.get("stage") == "huffman"]
+        total = [r for r in report.get("layers", []) if isinstance(r, dict) and r.get("layer") == "total"]
+        row.result = {"test_accuracy": huffman[0].get("test_accuracy") if huffman else None,
+                      "density": total[0].get("fraction_kept") if total else None}
+    except (ValueError, TypeError, AttributeError) as exc:
+        row.status, row.reason = "damaged", str(exc)
+        return row
+    row.status = "complete"
     return row
 
 
@@ -295,10 +441,19 @@ def parse_where(items: Sequence[str]) -> dict[str, list[str]]:
 
 def known_fields() -> set[str]:
     """The field names ``--where`` knows whatever the runs: the row's columns and every hyperparameter."""
-    names = set(RUN_COLUMNS) | {"algorithm", "index"}
-    for kind in SECTIONS.values():
+    names = set(RUN_COLUMNS) | {"algorithm", "index", "source"}
+    for kind in [*SECTIONS.values(), ExecutionHparams, *map(_hparams_class, ALGORITHM_HPARAMS)]:
         names |= {f.name for f in fields(kind)}
     return names
+
+
+def setting_names() -> list[str]:
+    """Every hyperparameter, execution setting and algorithm setting, once each, in the order of
+    the CSV/JSON columns."""
+    names: dict[str, None] = {}
+    for kind in [*SECTIONS.values(), ExecutionHparams, *map(_hparams_class, ALGORITHM_HPARAMS)]:
+        names.update((f.name, None) for f in fields(kind))
+    return list(names)
 
 
 def _matches(actual: Any, wanted: str) -> bool:
@@ -322,8 +477,9 @@ def select(rows: Sequence[RunRow], wanted: dict[str, list[str]]) -> list[RunRow]
     known = known_fields() | {k for r in rows for k in r.lookup()}
     unknown = sorted(set(wanted) - known)
     if unknown:
-        raise UserError(f"--where {unknown[0]}: no such field; use a hyperparameter name (model, lr, seed, ...) "
-                        "or one of folder, command, status, levels_done, levels_planned")
+        raise UserError(f"--where {unknown[0]}: no such field; use a hyperparameter name (model, lr, seed, ...), "
+                        "an execution setting (threads, precision, ...) or one of folder, command, status, "
+                        "levels_done, levels_planned")
     out = []
     for row in rows:
         values = row.lookup()
@@ -338,7 +494,7 @@ def select(rows: Sequence[RunRow], wanted: dict[str, list[str]]) -> list[RunRow]
 
 def _density_keys(rows: Sequence[RunRow]) -> list[str]:
     """Every density a summary reports (``density`` first, then any other ``*density*`` field)."""
-    keys = {k for r in rows for e in r.levels for k in e if "density" in k}
+    keys = {k for r in rows for e in [*r.levels, r.result] for k in e if "density" in k}
     return sorted(keys, key=lambda k: (k != "density", k))
 
 
@@ -357,7 +513,7 @@ def records(rows: Sequence[RunRow], per_level: bool = False) -> tuple[list[str],
     if per_level:
         seen = {k for r in rows for e in r.levels for k, v in e.items() if k != "checkpoints"}
         level_keys = ["level", *densities, *sorted(seen - {"level", *densities})]
-    hparams = [f.name for kind in SECTIONS.values() for f in fields(kind)]
+    hparams = setting_names()
     columns = [*RUN_COLUMNS, *(level_keys if per_level else ["test_accuracy", *densities]), *TAIL_COLUMNS, *hparams]
     out = []
     for row in rows:
@@ -367,10 +523,10 @@ def records(rows: Sequence[RunRow], per_level: bool = False) -> tuple[list[str],
                 "settings": row.settings, "identity": ";".join(row.identity), "indexes": ";".join(row.indexes),
                 "started": row.started, **{name: row.values.get(name) for name in hparams}}
         if per_level:
-            for entry in row.levels or [{}]:
+            for entry in row.levels or [row.result]:
                 out.append({**base, **{k: _scalar(entry.get(k)) for k in level_keys}})
         else:
-            last = row.levels[-1] if row.levels else {}
+            last = row.last()
             out.append({**base, **{k: _scalar(last.get(k)) for k in ["test_accuracy", *densities]}})
     return columns, [{c: _scalar(r.get(c)) for c in columns} for r in out]
 
@@ -383,7 +539,8 @@ def _status_text(row: RunRow) -> str:
     if row.status == "running" and row.pid:
         return f"running (PID {row.pid})"
     if row.status in ("damaged", "diverged") and row.reason:
-        return f"{row.status}: {row.reason}"
+        text = f"{row.status}: {row.reason.split('; ')[0]}"  # a NaN's reason goes on with where to resume
+        return text if len(text) <= 60 else text[:56].rsplit(" ", 1)[0] + " ..."  # CSV/JSON: in full
     return row.status
 
 
@@ -404,8 +561,9 @@ def table(rows: Sequence[RunRow], root: Path, per_level: bool = False) -> str:
             shown = "  " + shown
         done = "?" if row.levels_done is None else str(row.levels_done)
         planned = "?" if row.levels_planned is None else str(row.levels_planned)
-        last = row.levels[-1] if row.levels else {}
-        lines.append([shown, row.command + (" (branch)" if row.parent is not None else ""), f"{done}/{planned}",
+        levels = "-" if row.command == "compress" else f"{done}/{planned}"  # a compression has no levels
+        last = row.last()
+        lines.append([shown, row.command + (" (branch)" if row.parent is not None else ""), levels,
                       _status_text(row), _percent(last.get("test_accuracy")),
                       *[_percent(last.get(k)) for k in densities], row.settings or "(defaults)"])
     widths = [max(len(str(line[i])) for line in [head, *lines]) for i in range(len(head) - 1)]
@@ -463,9 +621,11 @@ def _flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", nargs="?", default="runs", metavar="ROOT",
                         help="folder that holds run folders, searched a few levels deep (default: runs), or one run folder")
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
-                        help="keep runs whose FIELD is VALUE: a hyperparameter (model, lr, seed, ...) or command, "
-                             "status, levels_done, levels_planned, folder; repeat for more fields (all must match; "
-                             "the same field twice matches either value)")
+                        help="keep runs whose FIELD is VALUE: a hyperparameter (model, lr, seed, ...), an execution "
+                             "setting (device, threads, precision, channels_last, compile, deterministic, world_size), "
+                             "an algorithm's own setting (cs/iss: mask_init, freeze_weights, ...; edge-popup: keep, "
+                             "...) or command, status, levels_done, levels_planned, folder; repeat for more fields "
+                             "(all must match; the same field twice matches either value)")
     parser.add_argument("--levels", action="store_true",
                         help="every level's test accuracy and densities (CSV/JSON: one row per level)")
     out = parser.add_mutually_exclusive_group()
@@ -481,10 +641,13 @@ def _prepare(args: argparse.Namespace):
 
 RUNS = Command(
     "runs", "list the run folders under a root: settings, levels, status, accuracy",
-    "List the run folders under ROOT (default runs/), one row each, with control branches under their parent: "
-    "the command, the hyperparameters that differ from their defaults, levels done of the levels asked for, "
-    "the status (complete; running, with the PID of the process holding it; stopped; diverged; damaged, with "
-    "the reason) and the last level's test accuracy and density. Reads only config.json and summary.json.",
+    "List the run folders under ROOT (default runs/), one row each, with branches (controls, instability copies) "
+    "under their parent and compress folders in rows of their own: the command, the settings that differ from "
+    "their defaults (hyperparameters, execution settings in the run's identity such as --threads or --precision, "
+    "an algorithm's own such as cs's --mask-init), levels done of the levels asked for, the status (complete; "
+    "running, with the PID of the process holding it; stopped; diverged, at chance or by a NaN loss; damaged, "
+    "with the reason) and the last level's test accuracy and density. Reads only config.json, summary.json and "
+    "compression.json.",
     """\
 examples:
   python -m training runs                                   # everything under runs/
@@ -493,6 +656,7 @@ examples:
   python -m training runs --csv > runs.csv                  # pandas.read_csv("runs.csv"); --json: pandas.read_json
 
 Accuracies and densities are in percent in the table and fractions in CSV/JSON. Levels show
-done/asked-for ("?": the start did not record how many levels it asked for).
+done/asked-for: the levels the latest start asked for, at least those done ("?": the start did not
+record how many levels it asked for; "-": a compress folder, which has none).
 """,
     _flags, _prepare, resumable=False, sweepable=False)

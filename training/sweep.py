@@ -6,7 +6,8 @@ parsed and checked exactly as the command line would check it, all of them befor
 starts, and each run keeps its own hash-named, resumable folder: a sweep that dies is resumed by
 running it again (finished runs are skipped, an unfinished one resumes). A run that fails is
 reported with its error and the others go on. ``OUT/sweep-HASH.csv`` indexes the runs (grid
-values, status, folder, final metrics), rewritten after every run, for pandas.
+values, status, folder, the metrics of the last level each point asked for), rewritten after every
+run, for pandas.
 
 Backends (the executor adds no logic of its own: every run is the same function of its command
 line): ``local`` (this process, one run after another, needs nothing), ``ray`` (each run a Ray task;
@@ -94,17 +95,22 @@ class SweepRun:
 
 
 def _results(result: Any) -> tuple[str, dict]:
-    """Folder and final metrics of what a run function returned: a ``Run`` (its last level) or a
-    ticket search's index (its path, and the mean over replicates of the last stage)."""
+    """Folder and final metrics of what a run function returned: a ``Run`` (the last level its
+    command asked for, ``at_level``: a folder shared with another command, such as the demo's with
+    more levels, may hold more, counted in ``levels_in_folder``) or a ticket search's index (its
+    path, and the mean over replicates of the last stage). Accuracies and densities are fractions."""
     if isinstance(result, dict):  # ticket search
         last = [rep["stages"][-1] for rep in result["replicates"] if rep["stages"]]
         mean = lambda key: sum(s[key] for s in last) / len(last) if last and all(key in s for s in last) else None  # noqa: E731
         return result.get("path", ""), {"levels": result["stages"], "density": mean("density"),
                                         "test_accuracy": mean("test_accuracy")}
     entries = result.summary()
-    last = entries[-1] if entries else {}
-    return str(result.dir), {"levels": len(entries), "density": last.get("density"),
-                             "test_accuracy": last.get("test_accuracy"), "val_accuracy": last.get("val_accuracy")}
+    asked = getattr(result, "levels", None)  # None: the command did not say; its last level then
+    reported = entries[:asked] if asked else entries
+    last = reported[-1] if reported else {}
+    return str(result.dir), {"levels": len(reported), "at_level": last.get("level"), "levels_in_folder": len(entries),
+                             "density": last.get("density"), "test_accuracy": last.get("test_accuracy"),
+                             "val_accuracy": last.get("val_accuracy")}
 
 
 def execute(argv: Sequence[str], cwd: Optional[str] = None, env: Optional[dict] = None) -> tuple[str, str, dict, str]:
@@ -305,16 +311,23 @@ def _on_slurm(runs: Sequence[SweepRun], argvs: dict, finished: Callable, folder:
 
 
 def print_table(runs: Sequence[SweepRun], path: Path) -> None:
-    """The summary: one line per run with its grid values, status, final accuracy and folder."""
+    """The summary: one line per run with its grid values, status, the level reported, its density
+    and test accuracy (percent) and folder; a folder that holds more levels than its point asked
+    for (made by another command) is flagged."""
     names = list(runs[0].point) if runs else []
-    print("  ".join(f"{n:>10}" for n in names) + f"  {'status':>7}  {'density':>8}  {'test acc':>8}  folder / error")
+    print("  ".join(f"{n:>10}" for n in names)
+          + f"  {'status':>7}  {'level':>5}  {'density':>8}  {'test acc':>8}  folder / error")
     for r in runs:
         density = r.metrics.get("density")
         accuracy = r.metrics.get("test_accuracy")
+        level = r.metrics.get("at_level")
+        more = r.metrics.get("levels_in_folder", 0) > r.metrics.get("levels", 0) if r.status == "done" else False
         print("  ".join(f"{r.point[n]:>10}" for n in names) + f"  {r.status:>7}  "
+              + (f"{level:>5}" if level is not None else f"{'-':>5}") + "  "
               + (f"{100 * density:>7.2f}%" if density is not None else f"{'-':>8}") + "  "
               + (f"{100 * accuracy:>7.2f}%" if accuracy is not None else f"{'-':>8}") + "  "
-              + (r.folder if r.status == "done" else r.error))
+              + (r.folder if r.status == "done" else r.error)
+              + (f" (holds {r.metrics['levels_in_folder']} levels; shown at the last one asked for)" if more else ""))
     failed = sum(r.status == "failed" for r in runs)
     print(f"{len(runs) - failed} of {len(runs)} runs done" + (f", {failed} failed" if failed else "")
           + f"; index: {path}")
@@ -353,7 +366,8 @@ def make_parser() -> argparse.ArgumentParser:
                "  python -m training sweep lot -R 10 --grid rewind=0,1ep,2ep -I 1\n"
                "  python -m training sweep at-init --grid score=snip,synflow,random --target-density 0.1\n"
                "\nwrites OUT/sweep-HASH.csv (OUT: the runs' --out, default runs): one row per run with its grid\n"
-               "values, status, folder and final density and test accuracy; read it with pandas.read_csv.")
+               "values, status, folder and the density and test accuracy of the last level it asked for (--levels,\n"
+               "--rounds; at_level; levels_in_folder counts a shared folder's levels); read it with pandas.read_csv.")
     parser.add_argument("command", choices=runnable(), help="the run command to sweep")
     parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                         help="a flag and its values (repeat for a grid; the first varies slowest)")

@@ -85,6 +85,7 @@ def train_run(run: Run, make_start: Callable[[], BranchStart]) -> Path:
     if not init_path.exists():
         run.save(model, mask, start.iteration, 0, "init", extra)
     run.train_level(0, model, mask, start=start.iteration, frozen=frozen)
+    run.write_summary()  # the runs index reads the branch's accuracy and densities from it
     return final
 
 
