@@ -7,14 +7,15 @@ is from what the GPU's FLOPs and memory bandwidth allow.
     python benchmarks/gpu.py --device cpu --quick  # a smoke test of every part, seconds on a CPU
 
 Writes ``benchmarks/results/gpu-<device name>.json`` (``--out`` for another folder) and prints a
-table. Without a GPU (and without ``--device cpu``) it prints one ``error:`` line and exits 2:
-nothing was measured. Every training measurement runs the toolkit's own training loop
-(``training.engine.loop.train``: batches and augmentation on the device, masks enforced after
-every step, one evaluation per epoch) on synthetic CIFAR-shaped data (random images, random
-labels: the speed does not depend on what is learnt). Images per second are measured over the
-epochs after the first (compilation and cuDNN's autotuning happen in the first). Targets (ResNet-20
-on one H100): at least 25,000 training images per second, masked / dense time per step at most
-1.05, the Hessian's trace and density at least 5x faster than PyHessian's.
+table; ``--quick`` writes to ``$TMPDIR/lth-gpu-benchmark/`` (default ``/tmp``) instead: a smoke test
+measures nothing, so it stays out of the checkout. Without a GPU (and without ``--device cpu``) it
+prints one ``error:`` line and exits 2: nothing was measured. Every training measurement runs the
+toolkit's own training loop (``training.engine.loop.train``: batches and augmentation on the
+device, masks enforced after every step, one evaluation per epoch) on synthetic CIFAR-shaped data
+(random images, random labels: the speed does not depend on what is learnt). Images per second are
+measured over the epochs after the first (compilation and cuDNN's autotuning happen in the first).
+Targets (ResNet-20 on one H100): at least 25,000 training images per second, masked / dense time
+per step at most 1.05, the Hessian's trace and density at least 5x faster than PyHessian's.
 
 Parts run in order of importance, each only when the time left (``--budget-s``, default 480 s)
 allows; a part skipped is recorded as such in the JSON, never silently left out.
@@ -27,6 +28,7 @@ import json
 import math
 import re
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -37,7 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
 
-from training.cli import run_command, writable_dir  # noqa: E402
+from training.cli import ArgumentParser, run_command, writable_dir  # noqa: E402
 from training.data import Dataset, Split  # noqa: E402
 from training.engine.cost import layer_macs  # noqa: E402
 from training.engine.loop import apply_execution, check_execution, train  # noqa: E402
@@ -47,6 +49,7 @@ from training.models import build_model  # noqa: E402
 from training.sparsity.masks import prunable_names  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+QUICK_FOLDER = "lth-gpu-benchmark"  # under the temporary folder: where --quick writes without --out
 DENSITY = 0.10  # the masked runs keep 10 % of the prunable weights
 # peak dense throughput (FLOP/s: fp32 without tensor cores, bf16 with) and memory bandwidth (B/s)
 # from the vendors' data sheets, for GPUs whose properties torch does not report in full
@@ -244,11 +247,19 @@ def file_name(device: torch.device) -> str:
     return "gpu-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json"
 
 
+def default_out(quick: bool) -> Path:
+    """The results folder without ``--out``: ``benchmarks/results/`` for a measurement, the temporary
+    folder's ``lth-gpu-benchmark/`` for a ``--quick`` smoke test (so that it leaves the checkout clean)."""
+    return Path(tempfile.gettempdir()) / QUICK_FOLDER if quick else RESULTS
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python benchmarks/gpu.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --quick: a smoke test)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and no compilation: checks every part runs")
-    parser.add_argument("--out", default=str(RESULTS), help=f"folder of the results file (default: {RESULTS})")
+    parser.add_argument("--out", help=f"folder of the results file (default: {RESULTS}; with --quick, "
+                                      f"{Path(tempfile.gettempdir()) / QUICK_FOLDER})")
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="seconds the measurements may take; parts that no longer fit are skipped (default 480)")
     args = parser.parse_args(argv)
@@ -262,7 +273,7 @@ def run(args: argparse.Namespace) -> None:
         raise UserError("no CUDA GPU visible: benchmarks/gpu.py measures a GPU; run it on a machine with one "
                         "(or --device cpu --quick for a smoke test of the script)")
     device = torch.device(args.device)
-    out = writable_dir(args.out)
+    out = writable_dir(default_out(args.quick) if args.out is None else args.out)
     quick = args.quick
     models = ["resnet20"] if quick else ["resnet20", "resnet32"]
     precisions = ["fp32", "bf16"]

@@ -140,7 +140,7 @@ FIGURE = Figure(
     title="Deep Compression of a ticket: size and accuracy after pruning, quantisation and Huffman coding",
     reproduces=f"{HAN}, Table 2 (LeNet-300-100, 40x), as the lecture slides \"From model pruning to sparse updates "
                "and the LTH\" present it",
-    small_minutes=3.0,
+    small_minutes=0.5,
     make=make,
     paper_datasets=("mnist",),
 )

@@ -69,8 +69,13 @@ def epochs_to_reach(curve: list[tuple[float, float]], target: float) -> float:
 
 
 def _epochs(value: float) -> str:
-    """``"12 epochs"``, or ``"never"``."""
-    return f"{value:g} epochs" if math.isfinite(value) else "never"
+    """``"12 epochs"``, ``"1 epoch"``, or ``"never"``."""
+    return f"{value:g} epoch{'' if value == 1 else 's'}" if math.isfinite(value) else "never"
+
+
+def _speed_phrase(faster: bool) -> str:
+    """The caption's verdict on speed: whether CS reached the target in fewer search epochs than SS."""
+    return "CS learns faster" if faster else "CS does not learn faster than SS"
 
 
 def _mean_curve(curves: list[list[tuple[float, float]]]) -> list[tuple[float, float, float]]:
@@ -203,7 +208,7 @@ def make(ctx: Context) -> Result:
             f"{describe(scaled75, 'lambda')}. Against SS at the same sparsity (interpolated), CS's masks at >= 75 % "
             f"sparsity lead by {leads}: {'more' if quality else 'not more'} than the {100 * MARGIN:g}-point margin. "
             f"During the search CS reaches {pct(target)} (95 % of the lower best accuracy of the pair) after "
-            f"{_epochs(cs_epochs)}, SS after {_epochs(ss_epochs)}: CS learns {'faster' if speed else 'not faster'}. "
+            f"{_epochs(cs_epochs)}, SS after {_epochs(ss_epochs)}: {_speed_phrase(speed)}. "
             f"The best supermask of all reaches {pct(best)}, {100 * best / dense:.0f} % of the dense network's accuracy.")
     claim = (f"{SAVARESE} (sec. 4.1, Fig. 2): learning a binary mask on a Conv-6 with weights frozen at initialisation "
              "(CIFAR-10, one round of 100 epochs), CS finds masks with over 75 % sparsity that give over 75 % test "

@@ -2,6 +2,7 @@
 with every field the GPU run fills; without a GPU it says so in one line and exits 2."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,16 @@ def load_script():
     return module
 
 
-def test_quick_cpu_mode_writes_every_field(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+def test_quick_cpu_mode_writes_every_field_to_the_temporary_folder(tmp_path):
+    """Without --out, the smoke test writes under $TMPDIR, never into the checkout's benchmarks/results/."""
+    in_checkout = SCRIPT.parent / "results" / "gpu-cpu.json"
+    before = in_checkout.stat().st_mtime_ns if in_checkout.exists() else None
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr
-    path = tmp_path / "gpu-cpu.json"
+    path = tmp_path / "lth-gpu-benchmark" / "gpu-cpu.json"
     assert f"results: {path}" in done.stdout
+    assert (in_checkout.stat().st_mtime_ns if in_checkout.exists() else None) == before
     results = json.loads(path.read_text())
     rows = results["throughput"]
     assert {(r["masked"], r["precision"]) for r in rows} == {(False, "fp32"), (True, "fp32"), (False, "bf16"),
@@ -50,6 +55,13 @@ def test_without_a_gpu_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: no CUDA GPU visible") and err.count("\n") == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_out_and_the_defaults(tmp_path, monkeypatch):
+    gpu = load_script()
+    monkeypatch.setattr(gpu.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert gpu.default_out(quick=True) == tmp_path / "lth-gpu-benchmark"
+    assert gpu.default_out(quick=False) == SCRIPT.parent / "results"  # a GPU measurement is kept with the code
 
 
 def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys):

@@ -235,9 +235,9 @@ def _one_line(capsys, text: str) -> str:
 
 
 @pytest.mark.parametrize("case, text", [
-    ("wrong-shape", "'3.weight' has shape 100x50, the model's 100x100"),
+    ("wrong-shape", "'fc_layers.1.weight' (mapped to '3.weight') has shape 100x50, the model's 100x100"),
     ("unknown-name", "'fc_layers.0.weight' is not a parameter of the model"),
-    ("bias", "'1.bias' is not a linear or convolution weight"),
+    ("bias", "'fc_layers.0.bias' (mapped to '1.bias') is not a linear or convolution weight"),
     ("not-binary", "mask entry 'fc.weight' holds values other than 0 and 1"),
     ("missing-file", "mask file {tmp}/nope.pth does not exist"),
     ("text-file", "it seems to be a text file"),
@@ -248,6 +248,8 @@ def _one_line(capsys, text: str) -> str:
     ("conv-open-lth", "model 'mnist1d_cnn' has convolutions"),
     ("wrong-dataset", "does not fit model 'mnist1d_mlp' on mnist"),
     ("weights-missing", "--init {tmp}/w.pth does not fit model 'mnist1d_mlp' on mnist1d: missing '5.bias'"),
+    ("weights-shape", "--init {tmp}/w.pth does not fit model 'mnist1d_mlp' on mnist1d: 'fc_layers.1.weight' "
+                      "(mapped to '3.weight') has shape 100x50, the model's 100x100"),
     ("unwritable-out", "--out /proc/nope/x cannot be created"),
     ("out-is-a-file", "is a file, not a folder"),
 ])
@@ -285,6 +287,11 @@ def test_bad_input_is_one_line_before_anything_is_written(case, text, open_lth_l
         del state["fc.bias"]
         torch.save(state, tmp_path / "w.pth")
         flags += ["--init", str(tmp_path / "w.pth")]
+    elif case == "weights-shape":
+        state = net.state_dict()
+        state["fc_layers.1.weight"] = state["fc_layers.1.weight"][:, :50]
+        torch.save(state, tmp_path / "w.pth")
+        flags += ["--init", str(tmp_path / "w.pth")]
     elif case == "unwritable-out":
         out = Path("/proc/nope/x")
     elif case == "out-is-a-file":
@@ -299,3 +306,57 @@ def test_the_command_is_registered_and_not_sweepable():
 
     found = commands.find("import-mask")
     assert not found.sweepable and not found.resumable
+
+
+@pytest.fixture
+def open_lth_mnist_lenet(tmp_path):
+    """open_lth's default ``mnist_lenet_300_100`` (784 inputs): a level's ``mask.pth`` and its W^0."""
+    torch.manual_seed(3)
+    net = OpenLthLeNet(plan=(300, 100), inputs=784)
+    mask = {name: (torch.rand_like(p) < 0.5).int() for name, p in net.named_parameters() if name.endswith("weight")}
+    folder = tmp_path / "open_lth_data" / "lottery_X" / "replicate_1" / "level_3" / "main"
+    folder.mkdir(parents=True)
+    torch.save(mask, folder / "mask.pth")
+    torch.save(net.state_dict(), folder / "model_ep0_it0.pth")
+    torch.save(net.state_dict(), folder / "model_ep40_it0.pth")
+    return folder, mask
+
+
+def test_the_help_example_runs_as_written(open_lth_mnist_lenet, tmp_path, capsys):
+    """The open_lth command of ``import-mask --help``, with only its paths pointed at a level folder,
+    imports open_lth's 784-input LeNet (it needs ``--dataset mnist``; no MNIST files are read)."""
+    import shlex
+
+    from training import commands
+
+    folder, mask = open_lth_mnist_lenet
+    epilog = commands.find("import-mask").epilog.replace("\\\n", " ")
+    line = next(x.strip() for x in epilog.splitlines() if x.strip().startswith("python -m training import-mask"))
+    argv = shlex.split(line)[3:]
+    paths = {"mask.pth": folder / "mask.pth", "model_ep0_it0.pth": folder / "model_ep0_it0.pth",
+             "model_ep40_it0.pth": folder / "model_ep40_it0.pth", "imported": tmp_path / "imported"}
+    argv = [next((str(p) for end, p in paths.items() if a.endswith(end)), a) for a in argv]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "model lenet_300_100 on mnist" in capsys.readouterr().out
+    ckpt = read_checkpoint(tmp_path / "imported" / "final.pt")
+    assert torch.equal(ckpt["mask"]["1.weight"], mask["fc_layers.0.weight"].bool())
+    assert ckpt["dataset"]["name"] == "mnist"
+
+
+def test_a_mask_for_another_input_size_names_the_file_key_and_the_dataset(open_lth_mnist_lenet, tmp_path, capsys):
+    folder, _ = open_lth_mnist_lenet
+    assert main(["import-mask", str(folder / "mask.pth"), "--model", "lenet_300_100", "--name-map", "open_lth",
+                 "--out", str(tmp_path / "o")]) == 2
+    _one_line(capsys, "does not fit model 'lenet_300_100' on mnist1d: 'fc_layers.0.weight' (mapped to '1.weight') "
+                      "has shape 300x784, the model's 300x40")
+
+
+def test_dataset_help_lists_every_registered_dataset(capsys):
+    from training.data import DATASET_SPECS
+
+    with pytest.raises(SystemExit):
+        main(["import-mask", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, spec in DATASET_SPECS.items():
+        assert f"{name} ({'x'.join(map(str, spec.shape))}, {spec.classes} classes)" in text
+    assert "imagenet (3x224x224, 1000 classes)" in text

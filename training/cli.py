@@ -12,7 +12,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, NoReturn, Optional, Union
+from typing import Callable, NoReturn, Optional, Sequence, Union
 
 from training.errors import UserError
 
@@ -24,6 +24,29 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
+                   namespace: Optional[argparse.Namespace] = None) -> argparse.Namespace:
+        """``argparse``'s, except that unknown arguments are reported by the subcommand's parser,
+        so that the error points to ``python -m training imp --help``, where the flags are listed,
+        rather than to the top-level help (argparse hands a subcommand's leftovers to the top level)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._chosen_parser(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _chosen_parser(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The innermost subcommand parser that ``parsed`` went through (``self`` without subcommands)."""
+        parser: argparse.ArgumentParser = self
+        while parser._subparsers is not None:
+            action = next((a for a in parser._subparsers._group_actions
+                           if isinstance(a, argparse._SubParsersAction)), None)
+            chosen = getattr(parsed, action.dest, None) if action is not None else None
+            if action is None or chosen not in action.choices:
+                break
+            parser = action.choices[chosen]
+        return parser
+
 
 def _exit_interrupted(signum, frame) -> None:  # pragma: no cover - exercised through a subprocess
     os.write(2, b"interrupted\n")

@@ -32,7 +32,8 @@ def _score_names() -> list[str]:
 
 @dataclass
 class DatasetHparams:
-    dataset: str = _f("mnist1d", "dataset: mnist1d (generated offline), mnist, cifar10, cifar100")
+    dataset: str = _f("mnist1d", "dataset: mnist1d (generated offline), mnist, cifar10, cifar100, imagenet (read from "
+                                  "--data-dir; python -m training list shows them)")
     val_fraction: float = _f(
         0.0, "fraction of the training set held out as a validation split, in [0, 1)"
     )

@@ -219,12 +219,13 @@ def rename(names: list[str], pairs: list[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
-def _renamed(state: dict, pairs: list[tuple[str, str]], what: str) -> dict:
+def _renamed(state: dict, pairs: list[tuple[str, str]], what: str) -> tuple[dict, dict[str, str]]:
+    """``state`` under the new names, and ``{new name: old name}`` for the error messages."""
     names = rename(list(state), pairs)
     clashes = [n for n in set(names.values()) if list(names.values()).count(n) > 1]
     if clashes:
         raise UserError(f"--name-map gives two entries of the {what} the same name {sorted(clashes)[0]!r}")
-    return {names[k]: v for k, v in state.items()}
+    return {names[k]: v for k, v in state.items()}, {new: old for old, new in names.items()}
 
 
 def _tensor_dict(obj: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -278,19 +279,29 @@ def _shape(t: torch.Tensor) -> str:
     return "x".join(str(s) for s in t.shape) or "scalar"
 
 
-def mask_problems(mask: Mask, model: nn.Module) -> list[str]:
+def _entry(name: str, sources: Optional[dict[str, str]]) -> str:
+    """``'1.weight'``, or ``'fc_layers.0.weight' (mapped to '1.weight')`` when ``--name-map`` renamed
+    it: the error then names the key as the user's file has it."""
+    source = (sources or {}).get(name, name)
+    return repr(name) if source == name else f"{source!r} (mapped to {name!r})"
+
+
+def mask_problems(mask: Mask, model: nn.Module, sources: Optional[dict[str, str]] = None) -> list[str]:
     """Why ``mask`` does not fit ``model``, one phrase per entry (empty when it fits): a name that
-    is not a parameter, a parameter the toolkit never masks (biases, normalisation), a shape."""
+    is not a parameter, a parameter the toolkit never masks (biases, normalisation), a shape.
+    ``sources`` (``{model name: the file's name}``, for entries renamed by ``--name-map``) makes each
+    phrase name the file's key too."""
     params = dict(model.named_parameters())
     prunable = set(prunable_names(model))
     problems = []
     for name, keep in mask.items():
+        entry = _entry(name, sources)
         if name not in params:
-            problems.append(f"{name!r} is not a parameter of the model")
+            problems.append(f"{entry} is not a parameter of the model")
         elif name not in prunable:
-            problems.append(f"{name!r} is not a linear or convolution weight (the toolkit masks only those)")
+            problems.append(f"{entry} is not a linear or convolution weight (the toolkit masks only those)")
         elif keep.shape != params[name].shape:
-            problems.append(f"{name!r} has shape {_shape(keep)}, the model's {_shape(params[name])}")
+            problems.append(f"{entry} has shape {_shape(keep)}, the model's {_shape(params[name])}")
     return problems
 
 
@@ -348,6 +359,26 @@ def _flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="imported", help="output folder (default: imported)")
     add_threads_flag(parser)
     add_flags(parser, ["dataset"])  # the data the network was trained on: its input shape and classes
+    _describe_dataset_flag(parser)
+
+
+def dataset_help() -> str:
+    """``--dataset``'s help for import-mask: every registered dataset with the input shape and
+    classes it gives the model (what decides whether a mask fits), and the default."""
+    from training.data import DATASET_SPECS
+    from training.hparams import DatasetHparams
+
+    listed = ", ".join(f"{name} ({'x'.join(map(str, spec.shape))}, {spec.classes} classes)"
+                       for name, spec in DATASET_SPECS.items())
+    return (f"the dataset the network was trained on, which sets the model's input shape and classes: {listed} "
+            f"(default: {DatasetHparams().dataset}); no data are read")
+
+
+def _describe_dataset_flag(parser: argparse.ArgumentParser) -> None:
+    """Replace the shared ``--dataset`` help, which names only some datasets, by ``dataset_help()``."""
+    for action in parser._actions:
+        if "--dataset" in action.option_strings:
+            action.help = dataset_help()
 
 
 def _prepare(args: argparse.Namespace):
@@ -373,8 +404,8 @@ def _prepare(args: argparse.Namespace):
                             f"(its entries: {_names(list(raw), 6)})")
     model = _build(args.model, dataset, args.seed)
     pairs = open_lth_name_map(model, args.model) if builtin else given
-    mask = _renamed(raw, pairs, "mask")
-    problems = mask_problems(mask, model)
+    mask, mask_sources = _renamed(raw, pairs, "mask")
+    problems = mask_problems(mask, model, mask_sources)
     if problems:
         raise UserError(_one_line(problems, f"{args.mask} does not fit model {args.model!r} on {dataset}",
                                   "; check --model, --dataset and --name-map"))
@@ -383,11 +414,11 @@ def _prepare(args: argparse.Namespace):
     for flag, path in (("--init", args.init), ("--weights", args.weights)):
         if path is None:
             continue
-        state = _renamed(read_weights_file(path, "weights file"), pairs, "weights")
+        state, sources = _renamed(read_weights_file(path, "weights file"), pairs, "weights")
         missing = [k for k in expected if k not in state]
-        extra = [k for k in state if k not in expected]
+        extra = [sources[k] for k in state if k not in expected]  # as the file names them
         problems = [f"{word} {_names(keys)}" for word, keys in (("missing", missing), ("unknown", extra)) if keys]
-        problems += [f"{k!r} has shape {_shape(state[k])}, the model's {_shape(expected[k])}"
+        problems += [f"{_entry(k, sources)} has shape {_shape(state[k])}, the model's {_shape(expected[k])}"
                      for k in expected if k in state and state[k].shape != expected[k].shape]
         if problems:
             raise UserError(_one_line(problems, f"{flag} {path} does not fit model {args.model!r} on {dataset}",
@@ -481,7 +512,7 @@ IMPORT_MASK = Command(
     "final.pt. Layers of the model missing from the mask are kept dense.",
     "examples:\n"
     "  python -m training import-mask open_lth_data/lottery_X/replicate_1/level_3/main/mask.pth \\\n"
-    "      --model lenet_300_100 --name-map open_lth \\\n"
+    "      --model lenet_300_100 --dataset mnist --name-map open_lth \\\n"
     "      --init .../level_3/main/model_ep0_it0.pth --weights .../level_3/main/model_ep40_it0.pth --out imported\n"
     "  python -m analysis.hessian imported/final.pt --top-k 5\n"
     "  python -m analysis.supermask imported/init.pt       # W^0 is read from imported/init.pt\n"

@@ -612,7 +612,7 @@ def list_runs(root: str | Path = "runs", where: Sequence[str] = (), per_level: b
         print(f"no runs under {root}", file=sys.stderr if fmt != "table" else sys.stdout)
     elif not rows:
         text = " ".join(f"{k}={'|'.join(v)}" for k, v in wanted.items())
-        print(f"no runs under {root} match --where {text} ({len(found)} runs in all)",
+        print(f"no runs under {root} match --where {text} ({len(found)} run{'' if len(found) == 1 else 's'} in all)",
               file=sys.stderr if fmt != "table" else sys.stdout)
     return 0
 

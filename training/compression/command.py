@@ -20,7 +20,8 @@ def _flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs", help="folder that holds the compress-HASH folder (default: runs)")
     parser.add_argument("--data-dir", help="dataset folder (default: $LTH_DATA_DIR, else ./data)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    add_threads_flag(parser)
+    add_threads_flag(parser, default=1, help="CPU threads for torch (default: 1, as the run commands: the numbers "
+                     "do not depend on the machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or summary table")
     add_dataclass_flags(parser.add_argument_group("compression"), CompressionSettings)
 

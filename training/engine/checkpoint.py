@@ -12,7 +12,7 @@ A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` reads:
     meta          {"run_hash", "algorithm", "level", "seed", "density", "kind", "masked_weights", ...}
 
 ``meta["masked_weights"]`` says what the weights outside the mask hold: ``"zero"`` (pruned) or
-``"frozen"`` (RISE, seed 000 eq. 2: trained only inside the mask, the rest kept at W^k).
+``"frozen"`` (RISE, Tartaglione 2022, eq. 2: trained only inside the mask, the rest kept at W^k).
 
 ``load(path)`` turns one back into a ready model and its dataset, so an analysis tool needs no
 other argument.
