@@ -68,6 +68,7 @@ from training.algorithms.mask_search import (
     MaskSearch,
     check_frozen,
     prepare_search,
+    search_flags,
     run_mask_search,
 )
 from training.commands import Command, run_flags
@@ -76,7 +77,7 @@ from training.engine.loop import Schedule
 from training.engine.runs import Run
 from training.engine.steps import Step
 from training.errors import UserError
-from training.hparams import Config, TrainingHparams, add_dataclass_flags
+from training.hparams import Config, TrainingHparams
 from training.sparsity.masks import SigmoidMask, parametrize_weights
 
 SAVARESE = 'Savarese et al., "Winning the lottery with continuous sparsification"'
@@ -302,13 +303,6 @@ def run_cs(config: Config, cs: Optional[CSHparams] = None, rounds: int = 3, *, o
 # The command
 
 
-def _add_cs_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int,
-                        help="search rounds; each round's ticket is trained and recorded (default: the preset's, "
-                             "else 3)")
-    add_dataclass_flags(parser.add_argument_group("continuous sparsification hyperparameters"), CSHparams, dest_prefix="cs_")
-
-
 def _prepare(args: argparse.Namespace):
     return prepare_search(args, CSHparams, "cs_", check_cs, run_cs, SECTIONS)
 
@@ -332,4 +326,4 @@ Run the same command again to resume; raise --rounds to add rounds. The search r
 search.jsonl; their networks are level_R/search.pt (weights and the binary mask b(s), readable by
 every analysis tool); summary.json holds each ticket's search cost (epochs, backprop MACs).
 """,
-    run_flags(_add_cs_flags, SECTIONS), _prepare)
+    run_flags(search_flags(CSHparams, "continuous sparsification hyperparameters", "cs_"), SECTIONS), _prepare)

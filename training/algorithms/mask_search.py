@@ -190,6 +190,19 @@ def record_hparams(run: Run, key: str, hp: Any) -> None:
         ckpt_io.atomic_write_text(path, dumps(stored))
 
 
+def search_flags(hp_class: type, title: str, prefix: str) -> Callable[[Any], None]:
+    """The own flags of a learned-mask command: ``--rounds`` and one flag per field of ``hp_class``
+    (``dest`` = ``prefix + field``), in a group called ``title``."""
+    from training.hparams import add_dataclass_flags
+
+    def add(parser: Any) -> None:
+        parser.add_argument("--rounds", type=int, help="search rounds; each round's ticket is trained and recorded "
+                                                       "(default: the preset's, else 3)")
+        add_dataclass_flags(parser.add_argument_group(title), hp_class, dest_prefix=prefix)
+
+    return add
+
+
 def prepare_search(args: Any, hp_class: type, prefix: str, check_hp: Callable[[Any], None],
                    run_search: Callable[..., Run], sections: tuple[str, ...]) -> Callable[[], Any]:
     """The ``prepare`` of a learned-mask command: ``--rounds`` (the preset's, else 3), the algorithm's

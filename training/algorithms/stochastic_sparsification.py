@@ -42,14 +42,14 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from training.algorithms.mask_search import MaskSearch, check_frozen, prepare_search, run_mask_search
+from training.algorithms.mask_search import MaskSearch, check_frozen, prepare_search, run_mask_search, search_flags
 from training.commands import Command, run_flags
 from training.engine.extensions import Extension, ParamGroup
 from training.engine.runs import Run
 from training.engine.seeding import derive_seed, generator
 from training.engine.steps import Step
 from training.errors import UserError
-from training.hparams import Config, add_dataclass_flags
+from training.hparams import Config
 from training.sparsity.masks import WeightForm, _StraightThrough, parametrize_weights
 
 SAVARESE = 'Savarese et al., "Winning the lottery with continuous sparsification"'
@@ -247,12 +247,6 @@ def run_iss(config: Config, iss: Optional[ISSHparams] = None, rounds: int = 3, *
 # The command
 
 
-def _add_iss_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int, help="search rounds; each round's ticket is trained and recorded "
-                                                   "(default: the preset's, else 3)")
-    add_dataclass_flags(parser.add_argument_group("iterative stochastic sparsification hyperparameters"), ISSHparams, dest_prefix="iss_")
-
-
 def _prepare(args: argparse.Namespace):
     return prepare_search(args, ISSHparams, "iss_", check_iss, run_iss, SECTIONS)
 
@@ -279,4 +273,4 @@ search.jsonl (evaluated with the mode); their networks are level_R/search.pt; su
 ticket's search cost (epochs, backprop MACs) and "soft_density", the fraction of weights not yet
 removed (s > -inf).
 """,
-    run_flags(_add_iss_flags, SECTIONS), _prepare)
+    run_flags(search_flags(ISSHparams, "iterative stochastic sparsification hyperparameters", "iss_"), SECTIONS), _prepare)
